@@ -1,0 +1,104 @@
+"""Configuration: the server's options and each model's config, as frozen pydantic models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
+
+from serving.protocol.datatypes import DATATYPES
+
+Datatype = Literal[
+    "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
+    "FP16", "FP32", "FP64", "BYTES",
+]  # fmt: skip
+assert set(Datatype.__args__) == set(DATATYPES)  # type: ignore[attr-defined]
+
+Provider = Literal["tensorrt", "cuda", "cpu"]
+
+DEFAULT_MAX_BATCH_SIZE = 64
+"""``max_batch_size`` when the config leaves it out and every tensor's first dim is dynamic."""
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class TensorConfig(_Frozen):
+    """One input or output of a model."""
+
+    name: str
+    """The tensor's name in the ONNX graph."""
+    datatype: Datatype
+    """The v2 datatype (FP32, INT64, BYTES, ...)."""
+    dims: tuple[int, ...]
+    """The shape without the batch dimension when ``max_batch_size > 0``; -1 marks a free dim."""
+
+    @model_validator(mode="after")
+    def _dims_valid(self) -> TensorConfig:
+        if any(d < -1 or d == 0 for d in self.dims):
+            raise ValueError(f"dims of '{self.name}' must be positive or -1, got {list(self.dims)}")
+        return self
+
+
+class LatestPolicy(_Frozen):
+    latest: PositiveInt
+    """Serve the highest ``latest`` versions."""
+
+
+class SpecificPolicy(_Frozen):
+    specific: tuple[PositiveInt, ...] = Field(min_length=1)
+    """Serve exactly these versions."""
+
+
+VersionPolicy = Literal["all"] | LatestPolicy | SpecificPolicy
+
+
+class ModelConfig(_Frozen):
+    """``REPO/MODEL/config.yaml``; the same fields are read from a Triton ``config.pbtxt``."""
+
+    name: str | None = None
+    """Must match the model's directory name when given."""
+    platform: Literal["onnxruntime_onnx"] = "onnxruntime_onnx"
+    """Only ONNX models are served."""
+    max_batch_size: int | None = Field(default=None, ge=0)
+    """Largest batch a request may carry; 0 means the model has no batch dimension. Left out:
+    ``DEFAULT_MAX_BATCH_SIZE`` when every graph tensor has a dynamic first dim, else 0."""
+    inputs: tuple[TensorConfig, ...] = ()
+    """Inputs; any the graph has and this omits are read from the graph."""
+    outputs: tuple[TensorConfig, ...] = ()
+    """Outputs; any the graph has and this omits are read from the graph."""
+    version_policy: VersionPolicy = LatestPolicy(latest=1)
+    """Which version directories to serve: ``all``, ``{latest: N}`` or ``{specific: [..]}``."""
+    instance_count: PositiveInt = 1
+    """How many inferences of one version may run at once in a replica."""
+    execution_providers: tuple[Provider, ...] = ("tensorrt", "cuda", "cpu")
+    """Preferred ONNX Runtime providers in order; those not available are skipped."""
+    model_filename: str = "model.onnx"
+    """The file inside each version directory."""
+    labels: dict[str, str] = Field(default_factory=dict)
+    """Free-form metadata reported with the model, such as a git SHA or a data hash."""
+
+
+class ServerConfig(_Frozen):
+    """How the server runs: parsed once by the CLI and passed down."""
+
+    repository: Path
+    """The model repository directory (on every node of a cluster)."""
+    host: str = "0.0.0.0"
+    """Address the HTTP and gRPC servers bind."""
+    http_port: int = Field(default=8000, ge=0, le=65535)
+    """KServe v2 REST port, shared by the replicas of a node."""
+    grpc_port: int | None = Field(default=8001, ge=0, le=65535)
+    """KServe v2 gRPC port; None turns gRPC off."""
+    replicas: PositiveInt = 1
+    """Server replicas; several on one node share the ports through SO_REUSEPORT."""
+    replica_cpus: float = Field(default=1.0, gt=0)
+    """CPUs Ray reserves for each replica; ONNX Runtime's thread count follows it."""
+    max_request_bytes: PositiveInt = 256 * 1024 * 1024
+    """Largest request body accepted (after decompression)."""
+
+    @property
+    def intra_op_threads(self) -> int:
+        return max(1, round(self.replica_cpus))

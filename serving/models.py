@@ -1,0 +1,221 @@
+"""The model versions a replica hosts: loading, state, default version, inference."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from serving.config import ModelConfig
+from serving.errors import (
+    InternalError,
+    ModelNotFoundError,
+    ModelNotReadyError,
+    ServingError,
+)
+from serving.protocol.datatypes import numpy_dtype
+from serving.repository import ModelSource, scan, sha256_of
+from serving.runtimes.base import Runtime
+from serving.signature import Signature, SignatureError, reconcile, validate
+from serving.stats import ModelStatistics
+from serving.types import InferenceRequest, InferenceResponse, Tensor
+
+logger = logging.getLogger(__name__)
+
+RuntimeFactory = Callable[[Path, ModelConfig], Runtime]
+
+
+class State(enum.Enum):
+    READY = "READY"
+    UNAVAILABLE = "UNAVAILABLE"
+
+
+@dataclass
+class ModelVersion:
+    model: str
+    version: int
+    config: ModelConfig
+    state: State
+    reason: str = ""
+    sha256: str | None = None
+    signature: Signature | None = None
+    runtime: Runtime | None = None
+    stats: ModelStatistics = field(default_factory=ModelStatistics)
+    _slots: asyncio.Semaphore | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.state is State.READY
+
+    async def infer(self, request: InferenceRequest, executor: Executor) -> InferenceResponse:
+        if self.runtime is None or self.signature is None:
+            raise ModelNotReadyError(model=self.model, version=str(self.version), reason=self.reason)
+        start = time.perf_counter_ns()
+        try:
+            names = validate(request, self.signature, self.model)
+            feed = {t.name: t.data for t in request.inputs}
+            if self._slots is None:
+                self._slots = asyncio.Semaphore(self.config.instance_count)
+            queued = time.perf_counter_ns()
+            async with self._slots:
+                began = time.perf_counter_ns()
+                loop = asyncio.get_running_loop()
+                arrays = await loop.run_in_executor(executor, self.runtime.infer, feed, names)
+                done = time.perf_counter_ns()
+        except ServingError:
+            self.stats.record_failure(time.perf_counter_ns() - start)
+            raise
+        except Exception:
+            self.stats.record_failure(time.perf_counter_ns() - start)
+            logger.exception("inference failed in %s version %s", self.model, self.version)
+            raise InternalError(
+                f"inference failed in model '{self.model}' version {self.version}"
+            ) from None
+        types = {t.name: t.datatype for t in self.signature.outputs}
+        outputs = [Tensor(n, types[n], a) for n, a in zip(names, arrays, strict=True)]
+        rows = request.inputs[0].shape[0] if self.signature.max_batch_size > 0 else 1
+        self.stats.queue.add(began - queued)
+        self.stats.compute_input.add(queued - start)
+        self.stats.compute_infer.add(done - began)
+        self.stats.compute_output.add(time.perf_counter_ns() - done)
+        self.stats.record_execution(rows, done - began)
+        self.stats.record_success(rows, time.perf_counter_ns() - start)
+        return InferenceResponse(
+            model_name=self.model,
+            model_version=str(self.version),
+            outputs=outputs,
+            id=request.id,
+        )
+
+
+@dataclass
+class ModelEntry:
+    name: str
+    config: ModelConfig
+    versions: dict[int, ModelVersion]
+    error: str | None = None
+
+    @property
+    def default(self) -> ModelVersion | None:
+        ready = [v for v in self.versions.values() if v.ready]
+        return max(ready, key=lambda v: v.version) if ready else None
+
+
+class ModelHost:
+    """Every model of a repository, loaded into this process."""
+
+    def __init__(self, entries: list[ModelEntry], executor: Executor) -> None:
+        self._entries = {e.name: e for e in entries}
+        self.executor = executor
+
+    @classmethod
+    def load(cls, repository: Path, factory: RuntimeFactory, executor: Executor) -> ModelHost:
+        entries = [_load_model(source, repository, factory) for source in scan(repository)]
+        for entry in entries:
+            for v in entry.versions.values():
+                if not v.ready:
+                    logger.error("%s version %s is UNAVAILABLE: %s", v.model, v.version, v.reason)
+            if entry.error:
+                logger.error("%s is UNAVAILABLE: %s", entry.name, entry.error)
+        return cls(entries, executor)
+
+    @property
+    def entries(self) -> list[ModelEntry]:
+        return list(self._entries.values())
+
+    def entry(self, name: str) -> ModelEntry:
+        try:
+            return self._entries[name]
+        except KeyError:
+            raise ModelNotFoundError(model=name, known=sorted(self._entries)) from None
+
+    def resolve(self, name: str, version: str | None) -> ModelVersion:
+        """The version to serve: the one asked for, else the model's highest ready version."""
+        entry = self.entry(name)
+        if version is None or version == "":
+            default = entry.default
+            if default is None:
+                reason = entry.error or "; ".join(
+                    f"version {v.version}: {v.reason}" for v in entry.versions.values()
+                )
+                raise ModelNotReadyError(model=name, version=None, reason=reason)
+            return default
+        known = [str(v) for v in sorted(entry.versions)]
+        if not version.isdigit() or int(version) not in entry.versions:
+            raise ModelNotFoundError(model=name, version=version, known=known)
+        return entry.versions[int(version)]
+
+    async def infer(self, request: InferenceRequest) -> InferenceResponse:
+        target = self.resolve(request.model_name, request.model_version)
+        return await target.infer(request, self.executor)
+
+    def close(self) -> None:
+        for entry in self._entries.values():
+            for version in entry.versions.values():
+                if version.runtime is not None:
+                    version.runtime.close()
+
+
+def _load_model(source: ModelSource, repository: Path, factory: RuntimeFactory) -> ModelEntry:
+    versions = {
+        v.version: _load_version(source.name, v.version, v.path, source.config, repository, factory)
+        for v in source.versions
+    }
+    return ModelEntry(source.name, source.config, versions, source.error)
+
+
+def _load_version(
+    model: str,
+    version: int,
+    path: Path,
+    config: ModelConfig,
+    repository: Path,
+    factory: RuntimeFactory,
+) -> ModelVersion:
+    shown = str(path.relative_to(repository))
+
+    def unavailable(reason: str, sha: str | None = None) -> ModelVersion:
+        return ModelVersion(model, version, config, State.UNAVAILABLE, reason, sha)
+
+    if not path.is_file():
+        return unavailable(f"model file {shown} not found")
+    sha = sha256_of(path)
+    try:
+        runtime = factory(path, config)
+    except Exception as error:
+        message = str(error).replace(str(path), shown).strip().splitlines()[0]
+        return unavailable(f"cannot load {shown}: {message}", sha)
+    try:
+        signature = reconcile(config, runtime.inputs, runtime.outputs)
+        warm_up(runtime, signature)
+    except SignatureError as error:
+        runtime.close()
+        return unavailable(f"config does not match {shown}: {error}", sha)
+    except Exception as error:
+        runtime.close()
+        return unavailable(f"warm-up inference on {shown} failed: {error}", sha)
+    return ModelVersion(model, version, config, State.READY, "", sha, signature, runtime)
+
+
+def sample_inputs(signature: Signature) -> dict[str, np.ndarray]:
+    """Zeros of the right type, free dims set to 1: enough to run the graph once."""
+    sample = {}
+    for tensor in signature.inputs:
+        shape = [1 if d == -1 else d for d in signature.full_shape(tensor)]
+        if tensor.datatype == "BYTES":
+            array = np.full(shape, b"", dtype=object)
+        else:
+            array = np.zeros(shape, dtype=numpy_dtype(tensor.datatype))
+        sample[tensor.name] = array
+    return sample
+
+
+def warm_up(runtime: Runtime, signature: Signature) -> None:
+    runtime.infer(sample_inputs(signature), signature.output_names)

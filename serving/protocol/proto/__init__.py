@@ -1,0 +1,1 @@
+"""Generated protobuf code. Regenerate with ``python -m serving.protocol.proto.generate``."""

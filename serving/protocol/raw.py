@@ -1,0 +1,70 @@
+"""Raw tensor bytes, shared by the HTTP binary extension and gRPC ``raw_*_contents``.
+
+Fixed-size types are little-endian, row-major. BYTES elements are each a 4-byte little-endian
+length followed by that many bytes.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+
+from serving.errors import InvalidInputError
+from serving.protocol.datatypes import element_count, numpy_dtype
+
+_LENGTH = struct.Struct("<I")
+
+
+def decode(name: str, datatype: str, shape: tuple[int, ...], buffer: bytes | memoryview) -> np.ndarray:
+    """Numpy view of ``buffer`` (no copy for fixed-size types)."""
+    count = element_count(shape)
+    if datatype == "BYTES":
+        return _decode_bytes(name, shape, count, memoryview(buffer))
+    dtype = numpy_dtype(datatype)
+    expected = count * dtype.itemsize
+    if len(buffer) != expected:
+        raise InvalidInputError(
+            f"input '{name}': {len(buffer)} bytes of data for shape {list(shape)} {datatype}, "
+            f"expected {expected}"
+        )
+    return np.frombuffer(buffer, dtype=dtype.newbyteorder("<")).reshape(shape)
+
+
+def _decode_bytes(name: str, shape: tuple[int, ...], count: int, view: memoryview) -> np.ndarray:
+    items: list[bytes] = []
+    offset = 0
+    end = len(view)
+    while offset < end:
+        if offset + 4 > end:
+            raise InvalidInputError(f"input '{name}': truncated BYTES element length at {offset}")
+        (length,) = _LENGTH.unpack_from(view, offset)
+        offset += 4
+        if offset + length > end:
+            raise InvalidInputError(
+                f"input '{name}': BYTES element {len(items)} declares {length} bytes, "
+                f"only {end - offset} remain"
+            )
+        items.append(bytes(view[offset : offset + length]))
+        offset += length
+    if len(items) != count:
+        raise InvalidInputError(
+            f"input '{name}': {len(items)} BYTES elements for shape {list(shape)}, "
+            f"expected {count}"
+        )
+    array = np.empty(count, dtype=object)
+    array[:] = items
+    return array.reshape(shape)
+
+
+def encode(data: np.ndarray, datatype: str) -> bytes:
+    """Row-major raw bytes of ``data``."""
+    if datatype == "BYTES":
+        parts: list[bytes] = []
+        for item in data.reshape(-1):
+            raw = item.encode("utf-8") if isinstance(item, str) else bytes(item)
+            parts.append(_LENGTH.pack(len(raw)))
+            parts.append(raw)
+        return b"".join(parts)
+    little = data.astype(data.dtype.newbyteorder("<"), copy=False)
+    return np.ascontiguousarray(little).tobytes()

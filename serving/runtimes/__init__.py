@@ -1,0 +1,1 @@
+"""Model runtimes: a small protocol (``base``) and its ONNX Runtime implementation."""

@@ -1,0 +1,113 @@
+"""ONNX Runtime sessions: providers with fallback, thread settings, string tensors."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from serving.errors import InvalidInputError
+from serving.protocol.datatypes import from_ort
+from serving.runtimes.base import GraphTensor
+
+logger = logging.getLogger(__name__)
+
+PROVIDERS = {
+    "tensorrt": "TensorrtExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "cpu": "CPUExecutionProvider",
+}
+
+
+@dataclass(frozen=True)
+class SessionOptions:
+    intra_op_threads: int = 1
+    """Threads inside one operator: the replica's CPU allotment."""
+    allow_spinning: bool = False
+    """ORT's spin-wait burns most of a core while idle; off unless asked for."""
+
+
+def choose_providers(preferred: tuple[str, ...]) -> list[str]:
+    """The preferred providers that this onnxruntime build has, CPU always last."""
+    available = set(ort.get_available_providers())
+    chosen = [PROVIDERS[p] for p in preferred if PROVIDERS[p] in available]
+    if PROVIDERS["cpu"] not in chosen:
+        chosen.append(PROVIDERS["cpu"])
+    return chosen
+
+
+def _shape(raw: object) -> tuple[int, ...]:
+    dims = raw if isinstance(raw, list) else []
+    return tuple(d if isinstance(d, int) and d > 0 else -1 for d in dims)
+
+
+class ONNXRuntime:
+    """One ONNX Runtime inference session."""
+
+    def __init__(
+        self, path: Path, *, providers: tuple[str, ...], options: SessionOptions
+    ) -> None:
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.intra_op_num_threads = options.intra_op_threads
+        so.inter_op_num_threads = 1
+        spin = "1" if options.allow_spinning else "0"
+        so.add_session_config_entry("session.intra_op.allow_spinning", spin)
+        so.add_session_config_entry("session.inter_op.allow_spinning", spin)
+        wanted = choose_providers(providers)
+        self._session = ort.InferenceSession(str(path), sess_options=so, providers=wanted)
+        self._providers = list(self._session.get_providers())
+        logger.info("loaded %s on %s", path.name, ", ".join(self._providers))
+        self._inputs = [
+            GraphTensor(i.name, from_ort(i.type), _shape(i.shape)) for i in self._session.get_inputs()
+        ]
+        self._outputs = [
+            GraphTensor(o.name, from_ort(o.type), _shape(o.shape))
+            for o in self._session.get_outputs()
+        ]
+        self._strings = {t.name for t in self._inputs if t.datatype == "BYTES"}
+
+    @property
+    def inputs(self) -> list[GraphTensor]:
+        return self._inputs
+
+    @property
+    def outputs(self) -> list[GraphTensor]:
+        return self._outputs
+
+    @property
+    def providers(self) -> list[str]:
+        return self._providers
+
+    def infer(self, inputs: dict[str, np.ndarray], outputs: list[str]) -> list[np.ndarray]:
+        feed = {
+            name: _as_text(name, array) if name in self._strings else array
+            for name, array in inputs.items()
+        }
+        result = self._session.run(outputs, feed)
+        return [np.asarray(r) for r in result]
+
+    def close(self) -> None:
+        del self._session
+
+
+def _as_text(name: str, array: np.ndarray) -> np.ndarray:
+    """ONNX string tensors take UTF-8 text only: decode BYTES, or say which element is not text."""
+    flat = array.reshape(-1)
+    text = np.empty(flat.shape, dtype=object)
+    for index, item in enumerate(flat):
+        if isinstance(item, bytes):
+            try:
+                text[index] = item.decode("utf-8")
+            except UnicodeDecodeError:
+                raise InvalidInputError(
+                    f"input '{name}': element {index} is not valid UTF-8; this model takes "
+                    "ONNX string tensors, which hold UTF-8 text only"
+                ) from None
+        else:
+            text[index] = str(item)
+    return text.reshape(array.shape)

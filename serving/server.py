@@ -1,0 +1,124 @@
+"""Runs a replica's network servers on an event loop of their own, in a background thread.
+
+The sockets are bound with SO_REUSEPORT so several replicas on one node share the ports and the
+kernel spreads connections over them. Nothing here imports Ray.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import uvicorn
+
+from serving.config import ServerConfig
+from serving.dataplane import DataPlane
+from serving.http import build_app
+from serving.models import ModelHost
+from serving.runtimes.onnx import ONNXRuntime, SessionOptions
+
+logger = logging.getLogger(__name__)
+
+
+def shared_socket(host: str, port: int) -> socket.socket:
+    """A listening TCP socket that other processes may bind to the same port."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
+
+
+def load_host(config: ServerConfig) -> ModelHost:
+    options = SessionOptions(intra_op_threads=config.intra_op_threads)
+    executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="infer")
+    return ModelHost.load(
+        Path(config.repository),
+        lambda path, model: ONNXRuntime(path, providers=model.execution_providers, options=options),
+        executor,
+    )
+
+
+class ReplicaServer:
+    """A replica's model host and its HTTP server, on a private event loop thread."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.host = load_host(config)
+        self.dataplane = DataPlane(self.host)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._uvicorn: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+        self._started = threading.Event()
+        self._error: BaseException | None = None
+        self.http_port: int | None = None
+
+    def start(self, timeout_s: float = 30.0) -> None:
+        http_socket = shared_socket(self.config.host, self.config.http_port)
+        self.http_port = http_socket.getsockname()[1]
+        app = build_app(self.dataplane, max_request_bytes=self.config.max_request_bytes)
+        uv_config = uvicorn.Config(
+            app,
+            loop="none",
+            http="httptools",
+            lifespan="off",
+            access_log=False,
+            log_config=None,
+            timeout_keep_alive=30,
+            backlog=2048,
+        )
+        self._uvicorn = uvicorn.Server(uv_config)
+        self._thread = threading.Thread(
+            target=self._run, args=(http_socket,), name="serving-loop", daemon=True
+        )
+        self._thread.start()
+        if not self._started.wait(timeout_s):
+            raise TimeoutError(f"servers did not start within {timeout_s} s")
+        if self._error is not None:
+            raise RuntimeError("servers failed to start") from self._error
+
+    def _run(self, http_socket: socket.socket) -> None:
+        try:
+            import uvloop
+
+            loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+        except ImportError:  # pragma: no cover - uvloop ships with uvicorn[standard]
+            loop = asyncio.new_event_loop()
+        self._loop = loop
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_until_complete(self._serve(http_socket))
+        except BaseException as error:
+            self._error = error
+            logger.exception("replica servers stopped with an error")
+        finally:
+            self._started.set()
+            loop.close()
+
+    async def _serve(self, http_socket: socket.socket) -> None:
+        assert self._uvicorn is not None
+        task = asyncio.create_task(self._uvicorn.serve(sockets=[http_socket]))
+        while not self._uvicorn.started and not task.done():
+            await asyncio.sleep(0.01)
+        self._started.set()
+        await task
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive() and self._error is None
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        if self._uvicorn is not None:
+            self._uvicorn.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+        with contextlib.suppress(Exception):
+            self.host.close()
