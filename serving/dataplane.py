@@ -102,11 +102,19 @@ class DataPlane:
             "version_policy": policy,
             "max_batch_size": signature.max_batch_size,
             "input": [
-                {"name": t.name, "data_type": to_triton(t.datatype), "dims": [str(d) for d in t.dims]}
+                {
+                    "name": t.name,
+                    "data_type": to_triton(t.datatype),
+                    "dims": [str(d) for d in t.dims],
+                }
                 for t in signature.inputs
             ],
             "output": [
-                {"name": t.name, "data_type": to_triton(t.datatype), "dims": [str(d) for d in t.dims]}
+                {
+                    "name": t.name,
+                    "data_type": to_triton(t.datatype),
+                    "dims": [str(d) for d in t.dims],
+                }
                 for t in signature.outputs
             ],
             "instance_group": [{"count": config.instance_count, "kind": kind}],
@@ -124,9 +132,7 @@ class DataPlane:
         else:
             targets = [v for e in self.host.entries for v in e.versions.values()]
         return {
-            "model_stats": [
-                t.stats.as_dict(t.model, str(t.version)) for t in targets if t.ready
-            ]
+            "model_stats": [t.stats.as_dict(t.model, str(t.version)) for t in targets if t.ready]
         }
 
     def repository_index(self, ready_only: bool = False) -> list[dict[str, Any]]:

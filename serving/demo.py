@@ -97,6 +97,10 @@ def identity_onnx(datatype: str) -> onnx.ModelProto:
     return _model(graph)
 
 
+def _fp32_rows(name: str) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", 16])
+
+
 def add_sub_onnx() -> onnx.ModelProto:
     graph = helper.make_graph(
         [
@@ -104,13 +108,15 @@ def add_sub_onnx() -> onnx.ModelProto:
             helper.make_node("Sub", ["INPUT0", "INPUT1"], ["OUTPUT1"]),
         ],
         "add_sub",
-        [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", 16]) for n in ("INPUT0", "INPUT1")],
-        [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", 16]) for n in ("OUTPUT0", "OUTPUT1")],
-    )  # fmt: skip
+        [_fp32_rows(n) for n in ("INPUT0", "INPUT1")],
+        [_fp32_rows(n) for n in ("OUTPUT0", "OUTPUT1")],
+    )
     return _model(graph)
 
 
-def train_digits(seed: int = 0) -> tuple[
+def train_digits(
+    seed: int = 0,
+) -> tuple[
     list[tuple[np.ndarray, np.ndarray]], list[tuple[np.ndarray, np.ndarray]], np.ndarray, np.ndarray
 ]:
     """Linear and MLP weights (as Gemm operands) trained on digits, and the held-out split."""

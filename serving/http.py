@@ -40,7 +40,7 @@ def build_app(dataplane: DataPlane, *, max_request_bytes: int) -> Starlette:
         version = request.path_params.get("version")
         if version is not None and not version.isdigit():
             raise InvalidInputError(f"model version must be a positive integer, got '{version}'")
-        return version  # type: ignore[no-any-return]
+        return None if version is None else str(version)
 
     async def live(request: Request) -> Response:
         return Response(status_code=200 if dataplane.live() else 503)

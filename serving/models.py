@@ -56,7 +56,9 @@ class ModelVersion:
 
     async def infer(self, request: InferenceRequest, executor: Executor) -> InferenceResponse:
         if self.runtime is None or self.signature is None:
-            raise ModelNotReadyError(model=self.model, version=str(self.version), reason=self.reason)
+            raise ModelNotReadyError(
+                model=self.model, version=str(self.version), reason=self.reason
+            )
         start = time.perf_counter_ns()
         try:
             names = validate(request, self.signature, self.model)

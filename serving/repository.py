@@ -9,15 +9,17 @@ import hashlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pydantic
 import yaml
 from google.protobuf import text_format
-from google.protobuf.message import Message
 
-from serving.config import LatestPolicy, ModelConfig, SpecificPolicy, TensorConfig
+from serving.config import LatestPolicy, ModelConfig, SpecificPolicy
 from serving.protocol.datatypes import from_triton
+
+if TYPE_CHECKING:
+    from serving.protocol.proto.model_config_pb2 import ModelInput, ModelOutput
 
 logger = logging.getLogger(__name__)
 
@@ -132,9 +134,7 @@ def parse_pbtxt(text: str) -> dict[str, Any]:
     if policy == "latest":
         document["version_policy"] = {"latest": message.version_policy.latest.num_versions}
     elif policy == "specific":
-        document["version_policy"] = {
-            "specific": list(message.version_policy.specific.versions)
-        }
+        document["version_policy"] = {"specific": list(message.version_policy.specific.versions)}
     elif policy == "all":
         document["version_policy"] = "all"
     count = sum(max(group.count, 1) for group in message.instance_group)
@@ -145,14 +145,14 @@ def parse_pbtxt(text: str) -> dict[str, Any]:
     return document
 
 
-def _tensor(tensor: Message) -> dict[str, Any]:
+def _tensor(tensor: ModelInput | ModelOutput) -> dict[str, Any]:
     from serving.protocol.proto import model_config_pb2 as pb
 
-    return TensorConfig(
-        name=tensor.name,  # type: ignore[attr-defined]
-        datatype=from_triton(pb.DataType.Name(tensor.data_type)),  # type: ignore[attr-defined, arg-type]
-        dims=tuple(tensor.dims),  # type: ignore[attr-defined]
-    ).model_dump()
+    return {
+        "name": tensor.name,
+        "datatype": from_triton(pb.DataType.Name(tensor.data_type)),
+        "dims": tuple(tensor.dims),
+    }
 
 
 def sha256_of(path: Path) -> str:

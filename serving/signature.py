@@ -60,10 +60,12 @@ def _merge(
     merged = []
     for node in graph:
         dims = node.shape[1:] if max_batch > 0 else node.shape
-        tensor = declared_by_name.get(node.name)
-        if tensor is None:
-            merged.append(TensorConfig(name=node.name, datatype=node.datatype, dims=dims))  # type: ignore[arg-type]
+        if node.name not in declared_by_name:
+            merged.append(TensorConfig.model_validate(
+                {"name": node.name, "datatype": node.datatype, "dims": dims}
+            ))  # fmt: skip
             continue
+        tensor = declared_by_name[node.name]
         if tensor.datatype != node.datatype:
             raise SignatureError(
                 f"config {kind} '{tensor.name}' is {tensor.datatype}, the graph has {node.datatype}"
@@ -144,5 +146,6 @@ def _check_batch_agrees(request: InferenceRequest, signature: Signature) -> None
         batches = {t.shape[0] for t in request.inputs}
         if len(batches) > 1:
             raise InvalidInputError(
-                f"inputs disagree on the batch size: {sorted(batches)}; all must share the first dim"
+                f"inputs disagree on the batch size: {sorted(batches)}; "
+                "all must share the first dim"
             )

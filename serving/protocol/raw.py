@@ -16,7 +16,9 @@ from serving.protocol.datatypes import element_count, numpy_dtype
 _LENGTH = struct.Struct("<I")
 
 
-def decode(name: str, datatype: str, shape: tuple[int, ...], buffer: bytes | memoryview) -> np.ndarray:
+def decode(
+    name: str, datatype: str, shape: tuple[int, ...], buffer: bytes | memoryview
+) -> np.ndarray:
     """Numpy view of ``buffer`` (no copy for fixed-size types)."""
     count = element_count(shape)
     if datatype == "BYTES":
@@ -49,8 +51,7 @@ def _decode_bytes(name: str, shape: tuple[int, ...], count: int, view: memoryvie
         offset += length
     if len(items) != count:
         raise InvalidInputError(
-            f"input '{name}': {len(items)} BYTES elements for shape {list(shape)}, "
-            f"expected {count}"
+            f"input '{name}': {len(items)} BYTES elements for shape {list(shape)}, expected {count}"
         )
     array = np.empty(count, dtype=object)
     array[:] = items

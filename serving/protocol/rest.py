@@ -87,7 +87,9 @@ def decode_request(
             offset += size
         else:
             if item.data is None:
-                raise InvalidInputError(f"input '{item.name}' has neither data nor binary_data_size")
+                raise InvalidInputError(
+                    f"input '{item.name}' has neither data nor binary_data_size"
+                )
             data = _from_json(item.name, item.datatype, shape, item.data)
         inputs.append(Tensor(item.name, item.datatype, data, item.parameters or {}))
     if offset != len(binary):
@@ -121,7 +123,9 @@ def _from_json(name: str, datatype: str, shape: tuple[int, ...], data: Any) -> n
         try:
             array = np.asarray(data, dtype=dtype).reshape(-1)
         except (ValueError, TypeError, OverflowError) as error:
-            raise InvalidInputError(f"input '{name}': data is not valid {datatype}: {error}") from None
+            raise InvalidInputError(
+                f"input '{name}': data is not valid {datatype}: {error}"
+            ) from None
     if array.size != count:
         raise InvalidInputError(
             f"input '{name}': {array.size} data elements for shape {list(shape)}, expected {count}"

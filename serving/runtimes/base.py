@@ -18,7 +18,10 @@ class GraphTensor:
 
 
 class Runtime(Protocol):
-    """A loaded model version. ``infer`` is blocking and thread-safe; callers run it off the loop."""
+    """A loaded model version.
+
+    ``infer`` blocks and is thread-safe; callers run it off the event loop.
+    """
 
     @property
     def inputs(self) -> list[GraphTensor]: ...

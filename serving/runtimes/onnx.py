@@ -47,9 +47,7 @@ def _shape(raw: object) -> tuple[int, ...]:
 class ONNXRuntime:
     """One ONNX Runtime inference session."""
 
-    def __init__(
-        self, path: Path, *, providers: tuple[str, ...], options: SessionOptions
-    ) -> None:
+    def __init__(self, path: Path, *, providers: tuple[str, ...], options: SessionOptions) -> None:
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -63,7 +61,8 @@ class ONNXRuntime:
         self._providers = list(self._session.get_providers())
         logger.info("loaded %s on %s", path.name, ", ".join(self._providers))
         self._inputs = [
-            GraphTensor(i.name, from_ort(i.type), _shape(i.shape)) for i in self._session.get_inputs()
+            GraphTensor(i.name, from_ort(i.type), _shape(i.shape))
+            for i in self._session.get_inputs()
         ]
         self._outputs = [
             GraphTensor(o.name, from_ort(o.type), _shape(o.shape))

@@ -1,0 +1,1 @@
+"""Load and latency benchmarks; they live outside the package."""

@@ -1,0 +1,96 @@
+"""The only module that imports Ray: the server deployment and the application around it.
+
+Each replica loads the repository in-process and runs its own HTTP server on the shared port
+(SO_REUSEPORT); requests never pass through Ray Serve's proxy. Ray Serve places the replicas,
+checks their health, and replaces one that dies.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import ray
+from ray import serve
+from ray.serve.config import ProxyLocation
+
+from serving.config import ServerConfig
+from serving.server import ReplicaServer
+
+logger = logging.getLogger(__name__)
+
+DEPLOYMENT_NAME = "Server"
+
+
+@serve.deployment(
+    name=DEPLOYMENT_NAME,
+    health_check_period_s=5,
+    health_check_timeout_s=30,
+    graceful_shutdown_timeout_s=10,
+)
+class Server:
+    """One server replica."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self._server = ReplicaServer(config)
+        self._server.start()
+        logger.info("replica serving HTTP on %s:%s", config.host, self._server.http_port)
+
+    def check_health(self) -> None:
+        if not self._server.alive:
+            raise RuntimeError("the replica's network servers have stopped")
+
+    def endpoints(self) -> dict[str, Any]:
+        return {"pid": os.getpid(), "http_port": self._server.http_port}
+
+    def __del__(self) -> None:
+        server = getattr(self, "_server", None)
+        if server is not None:
+            server.stop()
+
+
+def build(config: ServerConfig) -> serve.Application:
+    return Server.options(  # type: ignore[attr-defined,no-any-return]
+        num_replicas=config.replicas,
+        ray_actor_options={"num_cpus": config.replica_cpus},
+    ).bind(config)
+
+
+def connect(address: str | None = None, *, num_cpus: int | None = None) -> None:
+    """Join the Ray cluster at ``address`` (or ``RAY_ADDRESS``), else start Ray embedded."""
+    if not ray.is_initialized():
+        address = address or os.environ.get("RAY_ADDRESS")
+        if address:
+            ray.init(address=address, logging_level=logging.WARNING)
+        else:
+            ray.init(
+                num_cpus=num_cpus or os.cpu_count(),
+                include_dashboard=False,
+                logging_level=logging.WARNING,
+            )
+    serve.start(proxy_location=ProxyLocation.Disabled)
+
+
+def deploy(config: ServerConfig, *, name: str = "serving") -> Any:
+    """Deploy (or update) the server application; returns once every replica serves."""
+    return serve.run(build(config), name=name, route_prefix=None)
+
+
+def replica_actor_names(name: str = "serving") -> list[str]:
+    """Ray actor names of the application's live replicas (for operations and tests)."""
+    prefix = f"SERVE_REPLICA::{name}#{DEPLOYMENT_NAME}#"
+    return [
+        actor["name"]
+        for actor in ray.util.list_named_actors(all_namespaces=True)
+        if actor["name"].startswith(prefix)
+    ]
+
+
+def delete(name: str = "serving") -> None:
+    serve.delete(name)
+
+
+def shutdown() -> None:
+    serve.shutdown()  # type: ignore[no-untyped-call]
+    ray.shutdown()

@@ -1,0 +1,46 @@
+"""Fixtures shared by every test tier: the demo repository, generated once per session."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from serving import demo
+
+
+@pytest.fixture(scope="session")
+def demo_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return demo.build(tmp_path_factory.mktemp("demo") / "repo")
+
+
+@pytest.fixture(scope="session")
+def test_repository(demo_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo plus models that are broken in each way the server must survive."""
+    repo = tmp_path_factory.mktemp("test-repo") / "repo"
+    shutil.copytree(demo_repository, repo)
+    corrupt = repo / "corrupt" / "1"
+    corrupt.mkdir(parents=True)
+    (corrupt / "model.onnx").write_bytes(b"this is not an onnx model")
+    missing = repo / "missing_file" / "1"
+    missing.mkdir(parents=True)
+    mismatch = repo / "mismatch"
+    shutil.copytree(demo_repository / "add_sub" / "1", mismatch / "1")
+    (mismatch / "config.yaml").write_text(
+        "inputs:\n  - {name: INPUT0, datatype: FP64, dims: [16]}\n"
+    )
+    bad_config = repo / "bad_config"
+    shutil.copytree(demo_repository / "add_sub" / "1", bad_config / "1")
+    (bad_config / "config.yaml").write_text("max_batch_size: -3\nunknown_field: 1\n")
+    triton = repo / "triton_add_sub"
+    shutil.copytree(demo_repository / "add_sub" / "1", triton / "3")
+    (triton / "config.pbtxt").write_text(
+        'name: "triton_add_sub"\nplatform: "onnxruntime_onnx"\nmax_batch_size: 4\n'
+        'input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ 16 ] },\n'
+        '        { name: "INPUT1" data_type: TYPE_FP32 dims: [ 16 ] } ]\n'
+        "instance_group [ { count: 2 kind: KIND_CPU } ]\n"
+        'parameters { key: "git_sha" value: { string_value: "abc123" } }\n'
+        'model_warmup [ { name: "w" batch_size: 1 } ]\n'
+    )
+    return repo

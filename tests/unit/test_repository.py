@@ -1,0 +1,117 @@
+"""Repository scanning, version policies and config parsing (YAML and Triton pbtxt)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from serving.config import LatestPolicy, SpecificPolicy
+from serving.repository import load_config, parse_pbtxt, scan
+
+
+def make_model(repo: Path, name: str, versions: list[int], config: str | None = None) -> None:
+    for version in versions:
+        (repo / name / str(version)).mkdir(parents=True)
+        (repo / name / str(version) / "model.onnx").write_bytes(b"")
+    if config is not None:
+        (repo / name / "config.yaml").write_text(config)
+
+
+def test_default_policy_serves_the_latest_version(tmp_path: Path) -> None:
+    make_model(tmp_path, "m", [1, 2, 10])
+    (source,) = scan(tmp_path)
+    assert [v.version for v in source.versions] == [10]
+
+
+@pytest.mark.parametrize(
+    ("policy", "expected"),
+    [("all", [1, 2, 10]), ("{latest: 2}", [2, 10]), ("{specific: [1, 10]}", [1, 10])],
+)
+def test_version_policies(tmp_path: Path, policy: str, expected: list[int]) -> None:
+    make_model(tmp_path, "m", [1, 2, 10], f"version_policy: {policy}\n")
+    (source,) = scan(tmp_path)
+    assert [v.version for v in source.versions] == expected
+
+
+def test_hidden_entries_and_files_are_ignored(tmp_path: Path) -> None:
+    make_model(tmp_path, "m", [1])
+    (tmp_path / ".git").mkdir()
+    (tmp_path / "README").write_text("hi")
+    (tmp_path / "m" / "notes").mkdir()
+    assert [s.name for s in scan(tmp_path)] == ["m"]
+
+
+def test_invalid_yaml_config_is_reported_not_raised(tmp_path: Path) -> None:
+    make_model(tmp_path, "bad", [1], "max_batch_size: [oops\n")
+    make_model(tmp_path, "good", [1])
+    bad, good = scan(tmp_path)
+    assert bad.error is not None and "not valid YAML" in bad.error
+    assert good.error is None
+
+
+def test_unknown_config_field_is_refused(tmp_path: Path) -> None:
+    make_model(tmp_path, "m", [1], "max_batch_sise: 4\n")
+    (source,) = scan(tmp_path)
+    assert source.error is not None and "max_batch_sise" in source.error
+
+
+def test_config_name_must_match_directory(tmp_path: Path) -> None:
+    make_model(tmp_path, "m", [1], "name: other\n")
+    (source,) = scan(tmp_path)
+    assert source.error == "config name 'other' does not match directory 'm'"
+
+
+def test_model_without_versions(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    (source,) = scan(tmp_path)
+    assert source.error == "no version directories found"
+
+
+def test_missing_repository_raises(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="is not a directory"):
+        scan(tmp_path / "nope")
+
+
+PBTXT = """
+name: "resnet"
+platform: "onnxruntime_onnx"
+max_batch_size: 16
+version_policy: { specific: { versions: [1, 3] } }
+input [ { name: "x" data_type: TYPE_FP32 format: FORMAT_NCHW dims: [ 3, 224, 224 ] } ]
+output [ { name: "y" data_type: TYPE_STRING dims: [ -1 ] label_filename: "labels.txt" } ]
+instance_group [ { count: 2 kind: KIND_GPU gpus: [ 0 ] } ]
+dynamic_batching { preferred_batch_size: [ 4, 8 ] max_queue_delay_microseconds: 100 }
+optimization { execution_accelerators { gpu_execution_accelerator: [ { name: "tensorrt" } ] } }
+parameters { key: "git_sha" value: { string_value: "deadbeef" } }
+model_warmup [ { name: "w" batch_size: 1 inputs { key: "x" value: { zero_data: true } } } ]
+"""
+
+
+def test_triton_pbtxt_fields_are_read(tmp_path: Path) -> None:
+    (tmp_path / "config.pbtxt").write_text(PBTXT)
+    config = load_config(tmp_path)
+    assert config.name == "resnet"
+    assert config.max_batch_size == 16
+    assert config.version_policy == SpecificPolicy(specific=(1, 3))
+    assert config.inputs[0].dims == (3, 224, 224)
+    assert config.outputs[0].datatype == "BYTES"
+    assert config.instance_count == 2
+    assert config.labels == {"git_sha": "deadbeef"}
+
+
+def test_pbtxt_latest_policy_and_defaults() -> None:
+    document = parse_pbtxt("version_policy: { latest: { num_versions: 2 } }")
+    assert document["version_policy"] == {"latest": 2}
+    assert document["max_batch_size"] == 0
+    assert LatestPolicy(latest=2).latest == 2
+
+
+def test_pbtxt_for_another_platform_is_refused() -> None:
+    with pytest.raises(ValueError, match="only ONNX models are served"):
+        parse_pbtxt('platform: "tensorrt_plan"')
+
+
+def test_pbtxt_syntax_error_names_the_file() -> None:
+    with pytest.raises(ValueError, match=r"config\.pbtxt"):
+        parse_pbtxt("max_batch_size: {")
