@@ -59,6 +59,7 @@ def serve(
         shown = "localhost" if host in ("0.0.0.0", "::") else host
         console.print(f"[bold green]Serving[/] {config.repository}")
         console.print(f"  HTTP  http://{shown}:{http_port}/v2")
+        console.print(f"  gRPC  {shown}:{grpc_port}  (inference.GRPCInferenceService)")
         console.print("Try:")
         console.print(
             f"  curl -s -X POST http://{shown}:{http_port}/v2/models/add_sub/infer -d "

@@ -97,7 +97,9 @@ class ServerConfig(_Frozen):
     replica_cpus: float = Field(default=1.0, gt=0)
     """CPUs Ray reserves for each replica; ONNX Runtime's thread count follows it."""
     max_request_bytes: PositiveInt = 256 * 1024 * 1024
-    """Largest request body accepted (after decompression)."""
+    """Largest HTTP request body accepted (after decompression)."""
+    grpc_max_message_bytes: PositiveInt = 128 * 1024 * 1024
+    """Largest gRPC message either way; room for a 64 MiB tensor and its framing."""
 
     @property
     def intra_op_threads(self) -> int:

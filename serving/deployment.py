@@ -35,14 +35,21 @@ class Server:
     def __init__(self, config: ServerConfig) -> None:
         self._server = ReplicaServer(config)
         self._server.start()
-        logger.info("replica serving HTTP on %s:%s", config.host, self._server.http_port)
+        logger.info(
+            "replica serving HTTP on %s:%s, gRPC on %s",
+            config.host, self._server.http_port, self._server.grpc_port,
+        )  # fmt: skip
 
     def check_health(self) -> None:
         if not self._server.alive:
             raise RuntimeError("the replica's network servers have stopped")
 
     def endpoints(self) -> dict[str, Any]:
-        return {"pid": os.getpid(), "http_port": self._server.http_port}
+        return {
+            "pid": os.getpid(),
+            "http_port": self._server.http_port,
+            "grpc_port": self._server.grpc_port,
+        }
 
     def __del__(self) -> None:
         server = getattr(self, "_server", None)

@@ -15,7 +15,9 @@ import numpy as np
 
 from serving.config import ModelConfig
 from serving.errors import (
+    DeadlineExceededError,
     InternalError,
+    InvalidInputError,
     ModelNotFoundError,
     ModelNotReadyError,
     ServingError,
@@ -35,6 +37,16 @@ RuntimeFactory = Callable[[Path, ModelConfig], Runtime]
 class State(enum.Enum):
     READY = "READY"
     UNAVAILABLE = "UNAVAILABLE"
+
+
+def request_timeout_us(request: InferenceRequest) -> int | None:
+    """The request's ``timeout`` parameter: microseconds, as Triton and tritonclient use it."""
+    value = request.parameters.get("timeout")
+    if isinstance(value, bool) or not isinstance(value, int | None) or (value or 0) < 0:
+        raise InvalidInputError(
+            f"parameter 'timeout' must be a non-negative integer (µs), got {value!r}"
+        )
+    return value or None  # 0 means no timeout, as in Triton
 
 
 @dataclass
@@ -62,12 +74,15 @@ class ModelVersion:
         start = time.perf_counter_ns()
         try:
             names = validate(request, self.signature, self.model)
+            timeout_us = request_timeout_us(request)
             feed = {t.name: t.data for t in request.inputs}
             if self._slots is None:
                 self._slots = asyncio.Semaphore(self.config.instance_count)
             queued = time.perf_counter_ns()
             async with self._slots:
                 began = time.perf_counter_ns()
+                if timeout_us is not None and (began - start) > timeout_us * 1000:
+                    raise DeadlineExceededError(timeout_ms=timeout_us / 1000)
                 loop = asyncio.get_running_loop()
                 arrays = await loop.run_in_executor(executor, self.runtime.infer, feed, names)
                 done = time.perf_counter_ns()

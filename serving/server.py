@@ -18,6 +18,7 @@ import uvicorn
 
 from serving.config import ServerConfig
 from serving.dataplane import DataPlane
+from serving.grpc_server import build_server
 from serving.http import build_app
 from serving.models import ModelHost
 from serving.runtimes.onnx import ONNXRuntime, SessionOptions
@@ -37,6 +38,10 @@ def shared_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def load_host(config: ServerConfig) -> ModelHost:
     options = SessionOptions(intra_op_threads=config.intra_op_threads)
     executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="infer")
@@ -48,7 +53,7 @@ def load_host(config: ServerConfig) -> ModelHost:
 
 
 class ReplicaServer:
-    """A replica's model host and its HTTP server, on a private event loop thread."""
+    """A replica's model host and its HTTP and gRPC servers, on a private event loop thread."""
 
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
@@ -60,6 +65,7 @@ class ReplicaServer:
         self._started = threading.Event()
         self._error: BaseException | None = None
         self.http_port: int | None = None
+        self.grpc_port: int | None = None
 
     def start(self, timeout_s: float = 30.0) -> None:
         http_socket = shared_socket(self.config.host, self.config.http_port)
@@ -105,11 +111,23 @@ class ReplicaServer:
 
     async def _serve(self, http_socket: socket.socket) -> None:
         assert self._uvicorn is not None
+        grpc_server = None
+        if self.config.grpc_port is not None:
+            grpc_server = build_server(
+                self.dataplane, max_message_bytes=self.config.grpc_max_message_bytes
+            )
+            address = _address(self.config.host, self.config.grpc_port)
+            self.grpc_port = grpc_server.add_insecure_port(address)
+            await grpc_server.start()
         task = asyncio.create_task(self._uvicorn.serve(sockets=[http_socket]))
         while not self._uvicorn.started and not task.done():
             await asyncio.sleep(0.01)
         self._started.set()
-        await task
+        try:
+            await task
+        finally:
+            if grpc_server is not None:
+                await grpc_server.stop(grace=2.0)
 
     @property
     def alive(self) -> bool:

@@ -5,7 +5,10 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import numpy as np
+import onnx
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 
 from serving import demo
 
@@ -43,4 +46,20 @@ def test_repository(demo_repository: Path, tmp_path_factory: pytest.TempPathFact
         'parameters { key: "git_sha" value: { string_value: "abc123" } }\n'
         'model_warmup [ { name: "w" batch_size: 1 } ]\n'
     )
+    _save_gather_model(repo / "runtime_fault" / "1" / "model.onnx")
     return repo
+
+
+def _save_gather_model(path: Path) -> None:
+    """Picks from a 4-element table: an index out of range fails inside ONNX Runtime."""
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["table", "indices"], ["values"], axis=0)],
+        "runtime_fault",
+        [helper.make_tensor_value_info("indices", TensorProto.INT64, ["batch", 1])],
+        [helper.make_tensor_value_info("values", TensorProto.FLOAT, ["batch", 1])],
+        initializer=[numpy_helper.from_array(np.arange(4, dtype=np.float32), "table")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", demo.OPSET)])
+    model.ir_version = demo.IR_VERSION
+    path.parent.mkdir(parents=True)
+    onnx.save(model, str(path))

@@ -13,6 +13,7 @@ import pytest
 
 from serving import deployment
 from serving.config import ServerConfig
+from tests.integration.clients import PROTOCOLS, V2Client
 
 READY_TIMEOUT_S = 90.0
 MAX_REQUEST_BYTES = 8 * 1024 * 1024
@@ -44,6 +45,7 @@ class Server:
     app: str
     repository: Path
     http_url: str
+    grpc_url: str
 
 
 @pytest.fixture(scope="session")
@@ -53,21 +55,25 @@ def ray_serve() -> Iterator[None]:
     deployment.shutdown()
 
 
-def start_server(app: str, repository: Path, *, replicas: int = 1) -> tuple[Server, socket.socket]:
-    http = reserve_port()
+def start_server(
+    app: str, repository: Path, *, replicas: int = 1
+) -> tuple[Server, list[socket.socket]]:
+    held = [reserve_port(), reserve_port()]
+    http_port, grpc_port = (s.getsockname()[1] for s in held)
     config = ServerConfig(
         repository=repository,
         host="127.0.0.1",
-        http_port=http.getsockname()[1],
-        grpc_port=None,
+        http_port=http_port,
+        grpc_port=grpc_port,
         replicas=replicas,
         replica_cpus=1.0,
         max_request_bytes=MAX_REQUEST_BYTES,
+        grpc_max_message_bytes=MAX_REQUEST_BYTES,
     )
     deployment.deploy(config, name=app)
-    server = Server(app, repository, f"127.0.0.1:{config.http_port}")
+    server = Server(app, repository, f"127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}")
     wait_ready(server.http_url)
-    return server, http
+    return server, held
 
 
 @pytest.fixture(scope="session")
@@ -75,4 +81,11 @@ def server(ray_serve: None, test_repository: Path) -> Iterator[Server]:
     started, held = start_server("test", test_repository)
     yield started
     deployment.delete(started.app)
-    held.close()
+    for sock in held:
+        sock.close()
+
+
+@pytest.fixture(params=PROTOCOLS)
+def client(request: pytest.FixtureRequest, server: Server) -> V2Client:
+    """The same test through tritonclient.http, tritonclient.grpc and tritonclient.grpc.aio."""
+    return V2Client(request.param, server.http_url, server.grpc_url)

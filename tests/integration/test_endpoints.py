@@ -1,4 +1,4 @@
-"""Health, metadata, config, statistics and repository index over HTTP with tritonclient."""
+"""Health, metadata, config, statistics and repository index, over every protocol."""
 
 from __future__ import annotations
 
@@ -6,29 +6,23 @@ import hashlib
 
 import numpy as np
 import pytest
-import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
+from serving.errors import ErrorCode
+from tests.integration.clients import In, V2Client, error_code
 from tests.integration.conftest import Server
 
 
-@pytest.fixture
-def client(server: Server) -> httpclient.InferenceServerClient:
-    return httpclient.InferenceServerClient(server.http_url)
-
-
-def test_server_live_ready_and_metadata(client: httpclient.InferenceServerClient) -> None:
+def test_server_live_ready_and_metadata(client: V2Client) -> None:
     assert client.is_server_live()
     assert client.is_server_ready()
-    metadata = client.get_server_metadata()
+    metadata = client.server_metadata()
     assert metadata["name"] == "serving"
     assert "binary_tensor_data" in metadata["extensions"]
 
 
-def test_model_metadata_lists_ready_versions_and_full_shapes(
-    client: httpclient.InferenceServerClient,
-) -> None:
-    metadata = client.get_model_metadata("digits")
+def test_model_metadata_lists_ready_versions_and_full_shapes(client: V2Client) -> None:
+    metadata = client.model_metadata("digits")
     assert metadata["versions"] == ["1", "2"]
     assert metadata["platform"] == "onnxruntime_onnx"
     assert metadata["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 64]}]
@@ -38,78 +32,75 @@ def test_model_metadata_lists_ready_versions_and_full_shapes(
     }
 
 
-def test_version_metadata_reports_the_model_file_sha256(
-    client: httpclient.InferenceServerClient, server: Server
+def test_version_metadata_and_config_report_the_model_file_sha256(
+    client: V2Client, server: Server
 ) -> None:
-    metadata = client.get_model_metadata("digits", model_version="1")
     expected = hashlib.sha256((server.repository / "digits/1/model.onnx").read_bytes()).hexdigest()
-    assert metadata["versions"] == ["1"]
-    assert metadata["parameters"]["sha256"] == expected
-    assert metadata["parameters"]["dataset"] == "sklearn.datasets.load_digits"
+    assert client.model_metadata("digits", "1")["versions"] == ["1"]
+    config = client.model_config("digits", "1")
+    assert config["parameters"]["sha256"] == {"string_value": expected}
+    if client.protocol == "http":  # the gRPC metadata message has no parameters field
+        assert client.model_metadata("digits", "1")["parameters"]["sha256"] == expected
 
 
-def test_model_ready_per_model_and_version(client: httpclient.InferenceServerClient) -> None:
+def test_model_ready_per_model_and_version(client: V2Client) -> None:
     assert client.is_model_ready("digits")
     assert client.is_model_ready("digits", "1")
     assert client.is_model_ready("digits", "2")
     assert not client.is_model_ready("corrupt")
     assert not client.is_model_ready("corrupt", "1")
-    assert not client.is_model_ready("no_such_model")
 
 
-def test_model_config_in_triton_form(client: httpclient.InferenceServerClient) -> None:
-    config = client.get_model_config("digits")
+def test_model_ready_of_unknown_model(client: V2Client) -> None:
+    if client.protocol == "http":  # tritonclient.http reads any non-200 as "not ready"
+        assert not client.is_model_ready("no_such_model")
+        return
+    with pytest.raises(InferenceServerException) as caught:
+        client.is_model_ready("no_such_model")
+    assert error_code(caught.value) is ErrorCode.NOT_FOUND
+
+
+def test_model_config_in_triton_form(client: V2Client) -> None:
+    config = client.model_config("digits")
     assert config["name"] == "digits"
     assert config["max_batch_size"] == 64
-    assert config["input"] == [{"name": "input", "data_type": "TYPE_FP32", "dims": ["64"]}]
+    assert config["input"] == [{"name": "input", "data_type": "TYPE_FP32", "dims": [64]}]
     assert [o["data_type"] for o in config["output"]] == ["TYPE_FP32", "TYPE_INT64"]
     assert config["version_policy"] == {"all": {}}
     assert config["parameters"]["execution_providers"]["string_value"] == "CPUExecutionProvider"
 
 
-def test_triton_pbtxt_config_is_honoured(client: httpclient.InferenceServerClient) -> None:
-    config = client.get_model_config("triton_add_sub")
+def test_triton_pbtxt_config_is_honoured(client: V2Client) -> None:
+    config = client.model_config("triton_add_sub")
     assert config["max_batch_size"] == 4
     assert config["instance_group"][0]["count"] == 2
     assert config["parameters"]["git_sha"] == {"string_value": "abc123"}
-    assert client.get_model_metadata("triton_add_sub")["versions"] == ["3"]
+    assert client.model_metadata("triton_add_sub")["versions"] == ["3"]
     data = np.ones((5, 16), dtype=np.float32)
-    inputs = []
-    for name in ("INPUT0", "INPUT1"):
-        tensor = httpclient.InferInput(name, [5, 16], "FP32")
-        tensor.set_data_from_numpy(data)
-        inputs.append(tensor)
     with pytest.raises(InferenceServerException, match="above the model's max_batch_size 4"):
-        client.infer("triton_add_sub", inputs)
+        client.infer("triton_add_sub", [In("INPUT0", data, "FP32"), In("INPUT1", data, "FP32")])
 
 
-def test_statistics_count_inferences(client: httpclient.InferenceServerClient) -> None:
+def test_statistics_count_inferences(client: V2Client) -> None:
     def counts() -> tuple[int, int]:
-        stats = client.get_inference_statistics("add_sub")["model_stats"][0]
-        return stats["inference_count"], stats["inference_stats"]["success"]["count"]
+        stats = client.statistics("add_sub")[0]
+        return stats.get("inference_count", 0), stats["inference_stats"]["success"].get("count", 0)
 
     before_rows, before_requests = counts()
     data = np.zeros((3, 16), dtype=np.float32)
-    inputs = []
-    for name in ("INPUT0", "INPUT1"):
-        tensor = httpclient.InferInput(name, [3, 16], "FP32")
-        tensor.set_data_from_numpy(data)
-        inputs.append(tensor)
+    inputs = [In("INPUT0", data, "FP32"), In("INPUT1", data, "FP32")]
     client.infer("add_sub", inputs)
     client.infer("add_sub", inputs)
     rows, requests = counts()
     assert rows - before_rows == 6
     assert requests - before_requests == 2
-    everything = client.get_inference_statistics()["model_stats"]
-    assert {"add_sub", "digits"} <= {s["name"] for s in everything}
-    one = client.get_inference_statistics("digits", "1")["model_stats"]
+    assert {"add_sub", "digits"} <= {s["name"] for s in client.statistics()}
+    one = client.statistics("digits", "1")
     assert [(s["name"], s["version"]) for s in one] == [("digits", "1")]
 
 
-def test_repository_index_shows_broken_models_with_reasons(
-    client: httpclient.InferenceServerClient,
-) -> None:
-    index = {(m["name"], m.get("version", "")): m for m in client.get_model_repository_index()}
+def test_repository_index_shows_broken_models_with_reasons(client: V2Client) -> None:
+    index = {(m["name"], m.get("version", "")): m for m in client.repository_index()}
     assert index[("digits", "2")]["state"] == "READY"
     corrupt = index[("corrupt", "1")]
     assert corrupt["state"] == "UNAVAILABLE"

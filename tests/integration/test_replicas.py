@@ -33,7 +33,8 @@ def two_replicas(ray_serve: None, demo_repository: Path):  # type: ignore[no-unt
     server, held = start_server("replicas", demo_repository, replicas=2)
     yield server
     deployment.delete(server.app)
-    held.close()
+    for sock in held:
+        sock.close()
 
 
 def test_killed_replica_is_replaced_and_serving_continues(two_replicas) -> None:  # type: ignore[no-untyped-def]

@@ -1,0 +1,135 @@
+"""KServe v2 over gRPC: a ``grpc.aio`` servicer that unwraps messages and calls the dataplane."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from serving.dataplane import DataPlane
+from serving.errors import ServingError
+from serving.protocol import grpc_codec
+from serving.protocol.proto import grpc_service_pb2 as pb
+from serving.protocol.proto import grpc_service_pb2_grpc as pb_grpc
+from serving.protocol.proto import model_config_pb2 as config_pb
+from serving.status import grpc_status
+
+logger = logging.getLogger(__name__)
+
+INTERNAL_MESSAGE = "internal server error"
+
+
+def client_message(error: Exception) -> str:
+    """What the client is told: the error's own message, or a generic one for a fault."""
+    if isinstance(error, ServingError):
+        return error.message
+    logger.error("unhandled error in a gRPC call", exc_info=error)
+    return INTERNAL_MESSAGE
+
+
+class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Turns exceptions from unary handlers into status codes, through the one table."""
+
+    def __init__(self) -> None:
+        self._handlers: dict[str, grpc.RpcMethodHandler] = {}
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        method: str = details.method
+        cached = self._handlers.get(method)
+        if cached is not None:
+            return cached
+        handler = await continuation(details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        behavior = handler.unary_unary
+
+        async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            try:
+                return await behavior(request, context)
+            except ServingError as error:
+                await context.abort(grpc_status(error.code), error.message)
+            except Exception as error:
+                await context.abort(grpc.StatusCode.INTERNAL, client_message(error))
+
+        wrapped = grpc.unary_unary_rpc_method_handler(
+            guarded,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+        self._handlers[method] = wrapped
+        return wrapped
+
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, dataplane: DataPlane) -> None:
+        self._dataplane = dataplane
+
+    async def ServerLive(self, request: Any, context: Any) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=self._dataplane.live())
+
+    async def ServerReady(self, request: Any, context: Any) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=self._dataplane.ready())
+
+    async def ModelReady(self, request: Any, context: Any) -> pb.ModelReadyResponse:
+        ready = self._dataplane.model_ready(request.name, request.version or None)
+        return pb.ModelReadyResponse(ready=ready)
+
+    async def ServerMetadata(self, request: Any, context: Any) -> Any:
+        return grpc_codec.from_document(
+            self._dataplane.server_metadata(), pb.ServerMetadataResponse()
+        )
+
+    async def ModelMetadata(self, request: Any, context: Any) -> Any:
+        document = self._dataplane.model_metadata(request.name, request.version or None)
+        return grpc_codec.from_document(document, pb.ModelMetadataResponse())
+
+    async def ModelConfig(self, request: Any, context: Any) -> pb.ModelConfigResponse:
+        document = self._dataplane.model_config(request.name, request.version or None)
+        config = grpc_codec.from_document(document, config_pb.ModelConfig())
+        return pb.ModelConfigResponse(config=config)
+
+    async def ModelStatistics(self, request: Any, context: Any) -> Any:
+        document = self._dataplane.statistics(request.name or None, request.version or None)
+        return grpc_codec.from_document(document, pb.ModelStatisticsResponse())
+
+    async def RepositoryIndex(self, request: Any, context: Any) -> Any:
+        models = self._dataplane.repository_index(request.ready)
+        return grpc_codec.from_document({"models": models}, pb.RepositoryIndexResponse())
+
+    async def ModelInfer(self, request: Any, context: Any) -> pb.ModelInferResponse:
+        self._dataplane.require(request.model_name, request.model_version or None)
+        infer_request = grpc_codec.decode_request(request)
+        response = await self._dataplane.infer(infer_request)
+        return grpc_codec.encode_response(response)
+
+    async def ModelStreamInfer(
+        self, request_iterator: AsyncIterator[Any], context: Any
+    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        """Every request gets one response, in order; errors travel in ``error_message``."""
+        async for request in request_iterator:
+            try:
+                response = await self.ModelInfer(request, context)
+            except Exception as error:
+                yield pb.ModelStreamInferResponse(error_message=client_message(error))
+            else:
+                yield pb.ModelStreamInferResponse(infer_response=response)
+
+
+def build_server(dataplane: DataPlane, *, max_message_bytes: int) -> grpc.aio.Server:
+    server = grpc.aio.server(
+        interceptors=[ErrorInterceptor()],
+        options=[
+            ("grpc.so_reuseport", 1),
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+        ],
+    )
+    servicer = InferenceServicer(dataplane)
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
+    return server
