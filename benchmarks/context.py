@@ -37,7 +37,7 @@ def _cpu_model() -> str:
 
 
 def collect(parameters: dict[str, Any]) -> dict[str, Any]:
-    versions = {}
+    versions: dict[str, str | None] = {}
     for name in LIBRARIES:
         try:
             versions[name] = metadata.version(name)
