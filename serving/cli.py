@@ -12,6 +12,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from serving.config import ServerConfig
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 console = Console()
 
@@ -40,7 +42,6 @@ def serve(
     """Serve a model repository over KServe v2 until Ctrl-C."""
     _configure_logging(log_level)
     from serving import demo, deployment
-    from serving.config import ServerConfig
 
     if repository is None:
         console.print("Preparing the demo repository…")
@@ -54,32 +55,37 @@ def serve(
         replica_cpus=replica_cpus,
     )
     deployment.connect(address)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
         deployment.deploy(config)
-        shown = "localhost" if host in ("0.0.0.0", "::") else host
-        console.print(f"[bold green]Serving[/] {config.repository}")
-        console.print(f"  HTTP  http://{shown}:{http_port}/v2")
-        console.print(f"  gRPC  {shown}:{grpc_port}  (inference.GRPCInferenceService)")
-        console.print("Try:")
-        console.print(
-            f"  curl -s -X POST http://{shown}:{http_port}/v2/models/add_sub/infer -d "
-            '\'{"inputs":[{"name":"INPUT0","shape":[1,16],"datatype":"FP32",'
-            '"data":[' + ",".join(["1"] * 16) + ']},{"name":"INPUT1","shape":[1,16],'
-            '"datatype":"FP32","data":[' + ",".join(["2"] * 16) + "]}]}'",
-            soft_wrap=True,
-            highlight=False,
-        )
-        console.print("Press Ctrl-C to stop.")
-        stop = threading.Event()
-        signal.signal(signal.SIGTERM, lambda *_: stop.set())
-        try:
-            while not stop.wait(1.0):
-                pass
-        except KeyboardInterrupt:
+        _print_endpoints(config)
+        while not stop.wait(1.0):
             pass
+    except KeyboardInterrupt:
+        pass
     finally:
         console.print("Shutting down…")
         deployment.shutdown()
+
+
+def _print_endpoints(config: ServerConfig) -> None:
+    shown = "localhost" if config.host in ("0.0.0.0", "::") else config.host
+    console.print(f"[bold green]Serving[/] {config.repository}")
+    console.print(f"  HTTP  http://{shown}:{config.http_port}/v2")
+    console.print(f"  gRPC  {shown}:{config.grpc_port}  (inference.GRPCInferenceService)")
+    ones, twos = ",".join(["1"] * 16), ",".join(["2"] * 16)
+    body = (
+        '{"inputs":[{"name":"INPUT0","shape":[1,16],"datatype":"FP32","data":[' + ones + "]},"
+        '{"name":"INPUT1","shape":[1,16],"datatype":"FP32","data":[' + twos + "]}]}"
+    )
+    console.print("Try:")
+    console.print(
+        f"  curl -s -X POST http://{shown}:{config.http_port}/v2/models/add_sub/infer -d '{body}'",
+        soft_wrap=True,
+        highlight=False,
+    )
+    console.print("Press Ctrl-C to stop.")
 
 
 @app.command()

@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import queue
 import shutil
+import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
+
+import httpx
+import pytest
+import tritonclient.grpc as grpcclient
+
+from tests.integration.conftest import reserve_port
 
 
 def run_validate(repository: Path) -> subprocess.CompletedProcess[str]:
@@ -41,3 +53,48 @@ def test_validate_rejects_a_missing_repository(tmp_path: Path) -> None:
     result = run_validate(tmp_path / "nowhere")
     assert result.returncode == 2
     assert "is not a directory" in result.stdout
+
+
+def test_serve_answers_both_protocols_and_stops_on_ctrl_c(tmp_path: Path) -> None:
+    """The Quickstart's first command, from a cold demo cache, with its own embedded Ray."""
+    held = [reserve_port(), reserve_port()]
+    http_port, grpc_port = (s.getsockname()[1] for s in held)
+    env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "cache"), RAY_ADDRESS="")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "serving.cli", "serve", "--host", "127.0.0.1",
+         "--http-port", str(http_port), "--grpc-port", str(grpc_port)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+    )  # fmt: skip
+    lines: queue.Queue[str] = queue.Queue()
+    reader = threading.Thread(
+        target=lambda: [lines.put(line) for line in process.stdout], daemon=True
+    )  # type: ignore[union-attr]
+    reader.start()
+    output: list[str] = []
+    try:
+        deadline = time.monotonic() + 120
+        while not any("Press Ctrl-C to stop" in line for line in output):
+            assert time.monotonic() < deadline, "serving serve did not start:\n" + "".join(output)
+            assert process.poll() is None, "serving serve exited:\n" + "".join(output)
+            with contextlib.suppress(queue.Empty):
+                output.append(lines.get(timeout=1))
+        ready = httpx.get(f"http://127.0.0.1:{http_port}/v2/health/ready", timeout=5)
+        assert ready.status_code == 200
+        assert grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}").is_model_ready("digits")
+        assert (tmp_path / "cache" / "serving").is_dir()
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=60)
+        reader.join(timeout=10)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        for sock in held:
+            sock.close()
+    while not lines.empty():
+        output.append(lines.get())
+    text = "".join(output)
+    assert process.returncode == 0, text[-3000:]
+    assert f"HTTP  http://127.0.0.1:{http_port}/v2" in text
+    assert "Shutting down" in text
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"http://127.0.0.1:{http_port}/v2/health/live", timeout=2)
