@@ -55,6 +55,21 @@ class SpecificPolicy(_Frozen):
 VersionPolicy = Literal["all"] | LatestPolicy | SpecificPolicy
 
 
+class DynamicBatching(_Frozen):
+    """Server-side batching of concurrent requests (Triton's ``dynamic_batching``)."""
+
+    max_queue_delay_ms: float = Field(default=0.0, ge=0)
+    """How long the oldest queued request may wait for others to join its batch. 0: never wait;
+    batches still form from what queues while the previous batch runs."""
+    preferred_batch_sizes: tuple[PositiveInt, ...] = ()
+    """Batch sizes (rows) sent as soon as they are reached, without waiting out the delay."""
+    max_queue_size: PositiveInt = 1024
+    """Queued requests beyond which new ones are refused at once (503 / UNAVAILABLE)."""
+    default_timeout_ms: float | None = Field(default=None, gt=0)
+    """How long a request may wait in the queue before 504 / DEADLINE_EXCEEDED; a request's
+    ``timeout`` parameter (microseconds, as tritonclient sends it) may lower it. None: no limit."""
+
+
 class ModelConfig(_Frozen):
     """``REPO/MODEL/config.yaml``; the same fields are read from a Triton ``config.pbtxt``."""
 
@@ -72,7 +87,9 @@ class ModelConfig(_Frozen):
     version_policy: VersionPolicy = LatestPolicy(latest=1)
     """Which version directories to serve: ``all``, ``{latest: N}`` or ``{specific: [..]}``."""
     instance_count: PositiveInt = 1
-    """How many inferences of one version may run at once in a replica."""
+    """How many inferences (or batches) of one version may run at once in a replica."""
+    dynamic_batching: DynamicBatching | None = None
+    """Batch concurrent requests together; off when left out. Needs ``max_batch_size > 0``."""
     execution_providers: tuple[Provider, ...] = ("tensorrt", "cuda", "cpu")
     """Preferred ONNX Runtime providers in order; those not available are skipped."""
     model_filename: str = "model.onnx"

@@ -146,6 +146,11 @@ class DataPlane:
         """Raise unless ``name``/``version`` can serve now: checked before reading a body."""
         self._ready_version(name, version)
 
+    def queues(self, name: str, version: str | None) -> bool:
+        """Whether requests to this version wait in a batching queue (worth watching for
+        clients that leave)."""
+        return self.host.resolve(name, version).config.dynamic_batching is not None
+
     async def infer(self, request: InferenceRequest) -> InferenceResponse:
         return await self.host.infer(request)
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gzip
 import logging
 import zlib
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 import orjson
 from starlette.applications import Starlette
@@ -22,6 +25,8 @@ from serving.status import http_status
 logger = logging.getLogger(__name__)
 
 JSON = "application/json"
+CLIENT_CLOSED = 499  # nginx's code for "client closed request"; nobody is left to read it
+T = TypeVar("T")
 
 
 def _json(document: Any, status: int = 200) -> Response:
@@ -95,7 +100,12 @@ def build_app(dataplane: DataPlane, *, max_request_bytes: int) -> Starlette:
         infer_request = rest.decode_request(
             body, header_length, model_name=name, model_version=version
         )
-        response = await dataplane.infer(infer_request)
+        if dataplane.queues(name, version):
+            response = await _unless_disconnected(request, dataplane.infer(infer_request))
+            if response is None:
+                return Response(status_code=CLIENT_CLOSED)
+        else:
+            response = await dataplane.infer(infer_request)
         payload, json_length = rest.encode_response(response, infer_request)
         if json_length is None:
             return Response(payload, media_type=JSON)
@@ -143,6 +153,28 @@ def build_app(dataplane: DataPlane, *, max_request_bytes: int) -> Starlette:
             Exception: on_unexpected,
         },
     )
+
+
+async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T | None:
+    """Run ``work``, cancelling it if the client disconnects first (it leaves any queue)."""
+    task = asyncio.ensure_future(work)
+    # Once the body is read, the next ASGI message is the client's disconnect.
+    watcher = asyncio.ensure_future(request.receive())
+    try:
+        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    finally:
+        watcher.cancel()
+    if task.done():
+        return task.result()
+    if watcher.result().get("type") != "http.disconnect":
+        return await task
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await task
+    return None
 
 
 async def _read_body(request: Request, limit: int) -> bytes:

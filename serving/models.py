@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from serving.batching import Batcher, BatcherOptions, BatchRecord
 from serving.config import ModelConfig
 from serving.errors import (
     DeadlineExceededError,
@@ -61,6 +62,7 @@ class ModelVersion:
     runtime: Runtime | None = None
     stats: ModelStatistics = field(default_factory=ModelStatistics)
     _slots: asyncio.Semaphore | None = None
+    _batcher: Batcher | None = None
 
     @property
     def ready(self) -> bool:
@@ -76,16 +78,15 @@ class ModelVersion:
             names = validate(request, self.signature, self.model)
             timeout_us = request_timeout_us(request)
             feed = {t.name: t.data for t in request.inputs}
-            if self._slots is None:
-                self._slots = asyncio.Semaphore(self.config.instance_count)
-            queued = time.perf_counter_ns()
-            async with self._slots:
-                began = time.perf_counter_ns()
-                if timeout_us is not None and (began - start) > timeout_us * 1000:
-                    raise DeadlineExceededError(timeout_ms=timeout_us / 1000)
-                loop = asyncio.get_running_loop()
-                arrays = await loop.run_in_executor(executor, self.runtime.infer, feed, names)
-                done = time.perf_counter_ns()
+            decoded = time.perf_counter_ns()
+            if self.config.dynamic_batching is not None:
+                arrays, queue_s, compute_s = await self._infer_batched(
+                    feed, names, timeout_us, executor
+                )
+            else:
+                arrays, queue_s, compute_s = await self._infer_direct(
+                    feed, names, timeout_us, executor, start
+                )
         except ServingError:
             self.stats.record_failure(time.perf_counter_ns() - start)
             raise
@@ -98,18 +99,89 @@ class ModelVersion:
         types = {t.name: t.datatype for t in self.signature.outputs}
         outputs = [Tensor(n, types[n], a) for n, a in zip(names, arrays, strict=True)]
         rows = request.inputs[0].shape[0] if self.signature.max_batch_size > 0 else 1
-        self.stats.queue.add(began - queued)
-        self.stats.compute_input.add(queued - start)
-        self.stats.compute_infer.add(done - began)
-        self.stats.compute_output.add(time.perf_counter_ns() - done)
-        self.stats.record_execution(rows, done - began)
-        self.stats.record_success(rows, time.perf_counter_ns() - start)
+        finished = time.perf_counter_ns()
+        self.stats.compute_input.add(decoded - start)
+        self.stats.queue.add(int(queue_s * 1e9))
+        self.stats.compute_infer.add(int(compute_s * 1e9))
+        self.stats.compute_output.add(max(0, finished - start - int((queue_s + compute_s) * 1e9)))
+        self.stats.record_success(rows, finished - start)
         return InferenceResponse(
             model_name=self.model,
             model_version=str(self.version),
             outputs=outputs,
             id=request.id,
         )
+
+    async def _infer_direct(
+        self,
+        feed: dict[str, np.ndarray],
+        names: list[str],
+        timeout_us: int | None,
+        executor: Executor,
+        start_ns: int,
+    ) -> tuple[list[np.ndarray], float, float]:
+        assert self.runtime is not None
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.config.instance_count)
+        queued = time.perf_counter_ns()
+        async with self._slots:
+            began = time.perf_counter_ns()
+            if timeout_us is not None and (began - start_ns) > timeout_us * 1000:
+                raise DeadlineExceededError(timeout_ms=timeout_us / 1000)
+            loop = asyncio.get_running_loop()
+            arrays = await loop.run_in_executor(executor, self.runtime.infer, feed, names)
+            done = time.perf_counter_ns()
+        rows = (
+            next(iter(feed.values())).shape[0]
+            if self.signature and self.signature.max_batch_size
+            else 1
+        )
+        self.stats.record_execution(int(rows), done - began)
+        return arrays, (began - queued) / 1e9, (done - began) / 1e9
+
+    async def _infer_batched(
+        self,
+        feed: dict[str, np.ndarray],
+        names: list[str],
+        timeout_us: int | None,
+        executor: Executor,
+    ) -> tuple[list[np.ndarray], float, float]:
+        batcher = self._batcher or self._start_batcher(executor)
+        timeout_s = None if timeout_us is None else timeout_us / 1e6
+        outcome = await batcher.submit(feed, timeout_s)
+        assert self.signature is not None
+        index = {name: i for i, name in enumerate(self.signature.output_names)}
+        return [outcome.outputs[index[n]] for n in names], outcome.queue_s, outcome.compute_s
+
+    def _start_batcher(self, executor: Executor) -> Batcher:
+        runtime, signature, batching = self.runtime, self.signature, self.config.dynamic_batching
+        assert runtime is not None and signature is not None and batching is not None
+        all_outputs = signature.output_names
+
+        async def execute(inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(executor, runtime.infer, inputs, all_outputs)
+
+        def on_batch(record: BatchRecord) -> None:
+            self.stats.record_execution(record.rows, int(record.compute_s * 1e9))
+
+        options = BatcherOptions(
+            max_batch_size=signature.max_batch_size,
+            max_queue_delay_s=batching.max_queue_delay_ms / 1000,
+            preferred_batch_sizes=batching.preferred_batch_sizes,
+            max_queue_size=batching.max_queue_size,
+            default_timeout_s=None
+            if batching.default_timeout_ms is None
+            else batching.default_timeout_ms / 1000,
+            max_concurrent_batches=self.config.instance_count,
+        )
+        self._batcher = Batcher(execute, options, name=self.model, on_batch=on_batch)
+        return self._batcher
+
+    async def drain(self) -> None:
+        """Stop batching: queued requests are refused, running batches finish."""
+        if self._batcher is not None:
+            await self._batcher.close()
 
 
 @dataclass
@@ -172,6 +244,11 @@ class ModelHost:
     async def infer(self, request: InferenceRequest) -> InferenceResponse:
         target = self.resolve(request.model_name, request.model_version)
         return await target.infer(request, self.executor)
+
+    async def drain(self) -> None:
+        for entry in self._entries.values():
+            for version in entry.versions.values():
+                await version.drain()
 
     def close(self) -> None:
         for entry in self._entries.values():

@@ -137,6 +137,19 @@ def parse_pbtxt(text: str) -> dict[str, Any]:
         document["version_policy"] = {"specific": list(message.version_policy.specific.versions)}
     elif policy == "all":
         document["version_policy"] = "all"
+    if message.HasField("dynamic_batching"):
+        batching = message.dynamic_batching
+        queue = batching.default_queue_policy
+        document["dynamic_batching"] = {
+            "max_queue_delay_ms": batching.max_queue_delay_microseconds / 1000,
+            "preferred_batch_sizes": list(batching.preferred_batch_size),
+            **({"max_queue_size": queue.max_queue_size} if queue.max_queue_size else {}),
+            **(
+                {"default_timeout_ms": queue.default_timeout_microseconds / 1000}
+                if queue.default_timeout_microseconds
+                else {}
+            ),
+        }
     count = sum(max(group.count, 1) for group in message.instance_group)
     if count:
         document["instance_count"] = count

@@ -128,6 +128,7 @@ class ReplicaServer:
         finally:
             if grpc_server is not None:
                 await grpc_server.stop(grace=2.0)
+            await self.host.drain()
 
     @property
     def alive(self) -> bool:

@@ -43,6 +43,8 @@ def reconcile(
             f"max_batch_size {max_batch} needs a dynamic first dimension on every tensor; "
             f"{', '.join(fixed)} have none"
         )
+    if config.dynamic_batching is not None and max_batch == 0:
+        raise SignatureError("dynamic_batching needs a model with max_batch_size > 0")
     inputs = _merge("input", config.inputs, graph_inputs, max_batch)
     outputs = _merge("output", config.outputs, graph_outputs, max_batch)
     return Signature(max_batch, inputs, outputs)

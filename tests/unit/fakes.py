@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import numpy as np
 
 from serving.runtimes.base import GraphTensor
@@ -41,3 +43,52 @@ class ErrorRuntime(SumRuntime):
         if self.calls > 1:
             raise RuntimeError("kernel exploded at /secret/path")
         return super().infer(inputs, outputs)
+
+
+class FakeClock:
+    """Time that moves only when a test calls ``advance``."""
+
+    def __init__(self) -> None:
+        self.t = 0.0
+        self._timers: list[tuple[float, asyncio.Future[None]]] = []
+
+    def now(self) -> float:
+        return self.t
+
+    async def wait(self, event: asyncio.Event, timeout_s: float | None) -> None:
+        if timeout_s is not None and timeout_s <= 0:
+            return
+        loop = asyncio.get_running_loop()
+        timer: asyncio.Future[None] = loop.create_future()
+        if timeout_s is not None:
+            self._timers.append((self.t + timeout_s, timer))
+        waiter = asyncio.ensure_future(event.wait())
+        try:
+            await asyncio.wait({waiter, timer}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+            timer.cancel()
+            self._timers = [(d, f) for d, f in self._timers if f is not timer]
+
+    def advance(self, seconds: float) -> None:
+        self.t += seconds
+        for deadline, timer in self._timers:
+            if deadline <= self.t and not timer.done():
+                timer.set_result(None)
+
+
+class FakeModel:
+    """An ``execute`` for the batcher: y = 2x; fails on negative input; can be held shut."""
+
+    def __init__(self) -> None:
+        self.batches: list[int] = []
+        self.gate = asyncio.Event()
+        self.gate.set()
+
+    async def __call__(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+        await self.gate.wait()
+        x = inputs["x"]
+        self.batches.append(int(x.shape[0]))
+        if (x < 0).any():
+            raise ValueError("negative input")
+        return [x * 2, x.sum(axis=tuple(range(1, x.ndim)))]

@@ -98,6 +98,23 @@ def test_triton_pbtxt_fields_are_read(tmp_path: Path) -> None:
     assert config.outputs[0].datatype == "BYTES"
     assert config.instance_count == 2
     assert config.labels == {"git_sha": "deadbeef"}
+    assert config.dynamic_batching is not None
+    assert config.dynamic_batching.preferred_batch_sizes == (4, 8)
+    assert config.dynamic_batching.max_queue_delay_ms == 0.1
+    assert config.dynamic_batching.max_queue_size == 1024
+
+
+def test_pbtxt_queue_policy() -> None:
+    document = parse_pbtxt(
+        "max_batch_size: 8 dynamic_batching { default_queue_policy "
+        "{ max_queue_size: 5 default_timeout_microseconds: 2500 } }"
+    )
+    assert document["dynamic_batching"] == {
+        "max_queue_delay_ms": 0.0,
+        "preferred_batch_sizes": [],
+        "max_queue_size": 5,
+        "default_timeout_ms": 2.5,
+    }
 
 
 def test_pbtxt_latest_policy_and_defaults() -> None:

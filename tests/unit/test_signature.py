@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from serving.config import ModelConfig, TensorConfig
+from serving.config import DynamicBatching, ModelConfig, TensorConfig
 from serving.errors import InvalidInputError
 from serving.runtimes.base import GraphTensor
 from serving.signature import SignatureError, reconcile, validate
@@ -83,3 +83,9 @@ def test_unknown_output() -> None:
     signature = reconcile(ModelConfig(), GRAPH_IN, GRAPH_OUT)
     with pytest.raises(InvalidInputError, match="unknown output 'q'"):
         validate(request(X, IDS, outputs=["q"]), signature, "m")
+
+
+def test_dynamic_batching_needs_a_batch_dimension() -> None:
+    config = ModelConfig(max_batch_size=0, dynamic_batching=DynamicBatching())
+    with pytest.raises(SignatureError, match="dynamic_batching needs a model with max_batch_size"):
+        reconcile(config, GRAPH_IN, GRAPH_OUT)
