@@ -136,6 +136,12 @@ class Batcher:
             timeout_s=limit,
             future=asyncio.get_running_loop().create_future(),
         )
+        if (
+            not self._queue
+            and self._busy < self._options.max_concurrent_batches
+            and self._options.max_queue_delay_s == 0
+        ):
+            return await self._run_alone(item)
         self._queue.append(item)
         self._wakeup.set()
         try:
@@ -159,6 +165,17 @@ class Batcher:
             await self._scheduler
         if self._running:
             await asyncio.gather(*self._running, return_exceptions=True)
+
+    async def _run_alone(self, item: _Item) -> Outcome:
+        """Idle and told not to wait: run at once, skipping the scheduler's hop. Requests that
+        arrive meanwhile queue up and form the next batch."""
+        self._busy += 1
+        try:
+            (outcome,) = await self._execute_batch([item])
+            return outcome
+        finally:
+            self._busy -= 1
+            self._wakeup.set()
 
     def _shutting_down(self) -> ModelNotReadyError:
         return ModelNotReadyError(model=self._name, version=None, reason="shutting down")

@@ -197,7 +197,7 @@ def test_failed_batch_is_rerun_so_only_the_bad_request_fails() -> None:
         np.testing.assert_array_equal(results[2].outputs[0], requests[2]["x"] * 2)
         assert model.batches == [4, 1, 1, 2]
 
-    run(test, max_batch_size=4, max_queue_delay_s=0.0, preferred_batch_sizes=(4,))
+    run(test, max_batch_size=4, max_queue_delay_s=1.0, preferred_batch_sizes=(4,))
 
 
 def test_close_fails_queued_requests() -> None:

@@ -1,0 +1,178 @@
+"""Closed-loop load through tritonclient's asyncio clients, and the in-process floor."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+PROTOCOLS = ("http_json", "http_binary", "grpc")
+WARMUP_S = 1.0
+
+
+@dataclass(frozen=True)
+class Target:
+    """What to send: a model, its input, and the samples to cycle through (one per request)."""
+
+    model: str
+    input_name: str
+    datatype: str
+    samples: np.ndarray
+    """Shape [n, 1, ...]: each request carries one [1, ...] sample."""
+    outputs: tuple[str, ...]
+
+
+def percentiles(latencies_s: list[float]) -> dict[str, float]:
+    if not latencies_s:
+        return {"p50_ms": float("nan"), "p99_ms": float("nan")}
+    ms = np.asarray(latencies_s) * 1000.0
+    return {"p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99))}
+
+
+def free_ports(count: int) -> list[int]:
+    ports = []
+    for _ in range(count):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            ports.append(probe.getsockname()[1])
+    return ports
+
+
+def _sender(
+    protocol: str, urls: dict[str, str], target: Target
+) -> tuple[Callable[[np.ndarray], Awaitable[Any]], Any]:
+    shape = list(target.samples.shape[1:])
+    if protocol.startswith("http"):
+        import tritonclient.http.aio as module
+
+        client: Any = module.InferenceServerClient(urls["http"], conn_limit=256)
+        binary = protocol == "http_binary"
+
+        async def send(sample: np.ndarray) -> Any:
+            tensor = module.InferInput(target.input_name, shape, target.datatype)
+            tensor.set_data_from_numpy(sample, binary_data=binary)
+            wanted = [module.InferRequestedOutput(n, binary_data=binary) for n in target.outputs]
+            return await client.infer(target.model, [tensor], outputs=wanted)
+
+        return send, client
+    import tritonclient.grpc.aio as grpc_module
+
+    client = grpc_module.InferenceServerClient(urls["grpc"])
+
+    async def send_grpc(sample: np.ndarray) -> Any:
+        tensor = grpc_module.InferInput(target.input_name, shape, target.datatype)
+        tensor.set_data_from_numpy(sample)
+        return await client.infer(target.model, [tensor])
+
+    return send_grpc, client
+
+
+async def drive(
+    protocol: str, urls: dict[str, str], target: Target, concurrency: int, seconds: float
+) -> dict[str, Any]:
+    """N requests in flight for ``seconds`` after a warm-up; latency percentiles, throughput."""
+    send, client = _sender(protocol, urls, target)
+    latencies: list[float] = []
+    errors = 0
+    stop_at = 0.0
+    samples = target.samples
+
+    async def worker(offset: int) -> None:
+        nonlocal errors
+        index = offset
+        while time.perf_counter() < stop_at:
+            began = time.perf_counter()
+            try:
+                await send(samples[index % len(samples)])
+                latencies.append(time.perf_counter() - began)
+            except Exception:
+                errors += 1
+            index += concurrency
+
+    stop_at = time.perf_counter() + WARMUP_S
+    await asyncio.gather(*(worker(i) for i in range(concurrency)))
+    latencies.clear()
+    errors = 0
+    began = time.perf_counter()
+    cpu_began = time.process_time()
+    stop_at = began + seconds
+    await asyncio.gather(*(worker(i) for i in range(concurrency)))
+    elapsed = time.perf_counter() - began
+    client_cpu = (time.process_time() - cpu_began) / elapsed
+    await client.close()
+    return {
+        "throughput_rps": len(latencies) / elapsed,
+        "errors": errors,
+        "client_cpu_cores": round(client_cpu, 2),
+        **percentiles(latencies),
+    }
+
+
+def in_process(
+    model: Path,
+    target: Target,
+    *,
+    threads: int,
+    batch: int = 1,
+    concurrency: int = 1,
+    seconds: float = 3.0,
+) -> dict[str, Any]:
+    """ONNX Runtime in this process with the server's session options; rows/s and latency."""
+    from serving.runtimes.onnx import ONNXRuntime, SessionOptions
+
+    runtime = ONNXRuntime(
+        model, providers=("cpu",), options=SessionOptions(intra_op_threads=threads)
+    )
+    outputs = [t.name for t in runtime.outputs]
+    samples = target.samples
+    batches = [
+        np.concatenate([samples[(i + j) % len(samples)] for j in range(batch)], axis=0)
+        for i in range(0, max(len(samples), batch), batch)
+    ]
+    for chunk in batches[:3]:
+        runtime.infer({target.input_name: chunk}, outputs)
+    latencies: list[list[float]] = [[] for _ in range(concurrency)]
+    stop_at = time.perf_counter() + seconds
+
+    def worker(slot: int) -> None:
+        index = slot
+        while time.perf_counter() < stop_at:
+            began = time.perf_counter()
+            runtime.infer({target.input_name: batches[index % len(batches)]}, outputs)
+            latencies[slot].append(time.perf_counter() - began)
+            index += concurrency
+
+    began = time.perf_counter()
+    workers = [threading.Thread(target=worker, args=(i,)) for i in range(concurrency)]
+    for thread in workers:
+        thread.start()
+    for thread in workers:
+        thread.join()
+    elapsed = time.perf_counter() - began
+    flat = [x for slot in latencies for x in slot]
+    return {"throughput_rps": len(flat) * batch / elapsed, "batch": batch, "errors": 0,
+            **percentiles(flat)}  # fmt: skip
+
+
+def table(results: list[dict[str, Any]], columns: list[tuple[str, str, str]]) -> str:
+    """Markdown: ``columns`` are (key, header, format)."""
+    lines = [
+        "| " + " | ".join(header for _, header, _ in columns) + " |",
+        "|" + "|".join("---" if i == 0 else "---:" for i in range(len(columns))) + "|",
+    ]
+    for row in results:
+        cells = []
+        for key, _, fmt in columns:
+            value = row.get(key, "-")
+            cells.append(
+                format(value, fmt) if isinstance(value, int | float) and fmt else str(value)
+            )
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
