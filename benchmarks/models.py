@@ -105,3 +105,93 @@ def save(model: onnx.ModelProto, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(path))
     return path
+
+
+def bert_encoder(
+    seed: int = 0, vocab: int = 1000, hidden: int = 128, layers: int = 2, heads: int = 2,
+    ffn: int = 512, sequence: int = 128,
+) -> onnx.ModelProto:  # fmt: skip
+    """A small BERT-style encoder: INT64 token ids [batch, sequence] → pooled [batch, hidden]."""
+    rng = np.random.default_rng(seed)
+    nodes: list[onnx.NodeProto] = []
+    inits: list[onnx.TensorProto] = []
+    head_dim = hidden // heads
+
+    def const(name: str, value: np.ndarray) -> str:
+        inits.append(numpy_helper.from_array(value, name))
+        return name
+
+    def weight(name: str, shape: tuple[int, ...]) -> str:
+        return const(name, (rng.normal(0, 0.02, size=shape)).astype(np.float32))
+
+    def dense(x: str, w: str, b: str, out: str) -> str:
+        nodes.append(helper.make_node("MatMul", [x, w], [f"{out}_mm"]))
+        nodes.append(helper.make_node("Add", [f"{out}_mm", b], [out]))
+        return out
+
+    def norm(x: str, out: str) -> str:
+        scale = const(f"{out}_g", np.ones(hidden, np.float32))
+        bias = const(f"{out}_b", np.zeros(hidden, np.float32))
+        nodes.append(helper.make_node("LayerNormalization", [x, scale, bias], [out], axis=-1))
+        return out
+
+    const("split_heads", np.array([0, 0, heads, head_dim], np.int64))
+    const("merge_heads", np.array([0, 0, hidden], np.int64))
+    const("attn_scale", np.array(1.0 / np.sqrt(head_dim), np.float32))
+    weight("token_embedding", (vocab, hidden))
+    weight("position_embedding", (sequence, hidden))
+    nodes += [
+        helper.make_node("Gather", ["token_embedding", "input_ids"], ["tokens"]),
+        helper.make_node("Add", ["tokens", "position_embedding"], ["embedded"]),
+    ]
+    x = norm("embedded", "emb_norm")
+    for layer in range(layers):
+        p = f"l{layer}_"
+        zeros = np.zeros(hidden, np.float32)
+        qkv = {}
+        for part in ("q", "k", "v"):
+            projected = dense(x, weight(p + part + "_w", (hidden, hidden)),
+                              const(p + part + "_b", zeros), p + part)  # fmt: skip
+            nodes.append(helper.make_node("Reshape", [projected, "split_heads"], [p + part + "_h"]))
+            perm = [0, 2, 3, 1] if part == "k" else [0, 2, 1, 3]
+            nodes.append(
+                helper.make_node("Transpose", [p + part + "_h"], [p + part + "_t"], perm=perm)
+            )
+            qkv[part] = p + part + "_t"
+        nodes += [
+            helper.make_node("MatMul", [qkv["q"], qkv["k"]], [p + "scores_raw"]),
+            helper.make_node("Mul", [p + "scores_raw", "attn_scale"], [p + "scores"]),
+            helper.make_node("Softmax", [p + "scores"], [p + "probs"], axis=-1),
+            helper.make_node("MatMul", [p + "probs", qkv["v"]], [p + "ctx_h"]),
+            helper.make_node("Transpose", [p + "ctx_h"], [p + "ctx_t"], perm=[0, 2, 1, 3]),
+            helper.make_node("Reshape", [p + "ctx_t", "merge_heads"], [p + "ctx"]),
+        ]
+        attended = dense(
+            p + "ctx", weight(p + "o_w", (hidden, hidden)), const(p + "o_b", zeros), p + "o"
+        )
+        nodes.append(helper.make_node("Add", [x, attended], [p + "res1"]))
+        x = norm(p + "res1", p + "norm1")
+        up = dense(
+            x,
+            weight(p + "f1_w", (hidden, ffn)),
+            const(p + "f1_b", np.zeros(ffn, np.float32)),
+            p + "f1",
+        )
+        nodes.append(helper.make_node("Relu", [up], [p + "f1_act"]))
+        down = dense(
+            p + "f1_act", weight(p + "f2_w", (ffn, hidden)), const(p + "f2_b", zeros), p + "f2"
+        )
+        nodes.append(helper.make_node("Add", [x, down], [p + "res2"]))
+        x = norm(p + "res2", p + "norm2")
+    nodes.append(helper.make_node("ReduceMean", [x], ["pooled"], axes=[1], keepdims=0))
+    graph = helper.make_graph(
+        nodes,
+        "bert_style_encoder",
+        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", sequence])],
+        [helper.make_tensor_value_info("pooled", TensorProto.FLOAT, ["batch", hidden])],
+        initializer=inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", demo.OPSET)])
+    model.ir_version = demo.IR_VERSION
+    onnx.checker.check_model(model)
+    return model

@@ -1,0 +1,170 @@
+"""perf_analyzer-style measurement: closed or open loop, windows repeated until stable.
+
+Closed loop keeps N requests in flight. Open loop sends at a target rate with Poisson arrivals
+and times each request from its *scheduled* send time, so a server that falls behind shows its
+queueing in the latencies instead of slowing the client down (no coordinated omission).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from benchmarks.load import Target, _sender
+from benchmarks.stats import Window, stable, summarize
+
+MAX_OUTSTANDING = 2048
+"""Open loop: requests in flight beyond this are counted as ``client_backlog`` errors."""
+CLIENT_BOUND_CPU = 0.9
+"""The asyncio client runs on one core: above this share of it, it limits the figures."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    protocol: str
+    concurrency: int | None = None
+    """Closed loop: requests in flight."""
+    rate: float | None = None
+    """Open loop: requests per second (Poisson arrivals)."""
+    window_s: float = 2.0
+    max_windows: int = 8
+    stable_windows: int = 3
+    tolerance: float = 0.10
+    warmup_s: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if (self.concurrency is None) == (self.rate is None):
+            raise ValueError("a plan is closed loop (concurrency) or open loop (rate)")
+
+
+@dataclass
+class _Collector:
+    latencies: list[float] = field(default_factory=list)
+    errors: dict[str, int] = field(default_factory=dict)
+
+    def error(self, exc: BaseException) -> None:
+        status = getattr(exc, "status", None)
+        kind = str(status()) if callable(status) and status() else type(exc).__name__
+        self.errors[kind] = self.errors.get(kind, 0) + 1
+
+    def take(self, seconds: float) -> tuple[Window, dict[str, int]]:
+        window = Window(seconds, tuple(self.latencies), sum(self.errors.values()))
+        errors = self.errors
+        self.latencies, self.errors = [], {}
+        return window, errors
+
+
+async def measure(plan: Plan, urls: dict[str, str], target: Target) -> dict[str, Any]:
+    """Measure until ``stable_windows`` windows agree (or ``max_windows`` pass); report those."""
+    send, client = _sender(plan.protocol, urls, target)
+    collector = _Collector()
+    samples = target.samples
+    running = True
+    outstanding: set[asyncio.Task[None]] = set()
+
+    async def timed(index: int, started: float) -> None:
+        try:
+            await send(samples[index % len(samples)])
+            collector.latencies.append(time.perf_counter() - started)
+        except Exception as exc:
+            collector.error(exc)
+
+    async def closed_worker(offset: int, step: int) -> None:
+        index = offset
+        while running:
+            await timed(index, time.perf_counter())
+            index += step
+
+    async def open_generator(rate: float) -> None:
+        rng = np.random.default_rng(plan.seed)
+        next_at = time.perf_counter()
+        index = 0
+        while running:
+            next_at += rng.exponential(1.0 / rate)
+            delay = next_at - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if len(outstanding) >= MAX_OUTSTANDING:
+                collector.errors["client_backlog"] = collector.errors.get("client_backlog", 0) + 1
+                continue
+            task = asyncio.create_task(timed(index, next_at))
+            outstanding.add(task)
+            task.add_done_callback(outstanding.discard)
+            index += 1
+
+    if plan.concurrency is not None:
+        drivers = [asyncio.create_task(closed_worker(i, plan.concurrency))
+                   for i in range(plan.concurrency)]  # fmt: skip
+    else:
+        assert plan.rate is not None
+        drivers = [asyncio.create_task(open_generator(plan.rate))]
+
+    await asyncio.sleep(plan.warmup_s)
+    collector.take(plan.warmup_s)
+    windows: list[Window] = []
+    errors_by_kind: list[dict[str, int]] = []
+    cpu_began, wall_began = time.process_time(), time.perf_counter()
+    while len(windows) < plan.max_windows:
+        began = time.perf_counter()
+        await asyncio.sleep(plan.window_s)
+        window, errors = collector.take(time.perf_counter() - began)
+        windows.append(window)
+        errors_by_kind.append(errors)
+        if stable(windows, count=plan.stable_windows, tolerance=plan.tolerance):
+            break
+    client_cpu = (time.process_time() - cpu_began) / (time.perf_counter() - wall_began)
+    running = False
+    for driver in drivers:
+        driver.cancel()
+    for task in list(outstanding):
+        task.cancel()
+    await asyncio.gather(*drivers, *outstanding, return_exceptions=True)
+    await client.close()
+
+    used = windows[-plan.stable_windows :]
+    latencies = [x for w in used for x in w.latencies_s]
+    seconds = sum(w.seconds for w in used)
+    errors: dict[str, int] = {}
+    for counts in errors_by_kind[-plan.stable_windows :]:
+        for kind, count in counts.items():
+            errors[kind] = errors.get(kind, 0) + count
+    return {
+        "protocol": plan.protocol,
+        "mode": "closed" if plan.concurrency is not None else "open",
+        "concurrency": plan.concurrency,
+        "rate": plan.rate,
+        "throughput_rps": len(latencies) / seconds if seconds else 0.0,
+        **summarize(latencies),
+        "requests": len(latencies),
+        "errors": errors,
+        "windows": len(windows),
+        "stable": stable(windows, count=plan.stable_windows, tolerance=plan.tolerance),
+        "client_cpu_cores": round(client_cpu, 3),
+        "client_bound": client_cpu >= CLIENT_BOUND_CPU,
+    }
+
+
+def server_breakdown(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """Per-request queue and compute time, and rows per execution, from two statistics reads."""
+
+    def delta(path: tuple[str, ...]) -> float:
+        a: Any = after
+        b: Any = before
+        for key in path:
+            a, b = a.get(key, {}), b.get(key, {})
+        return float(a or 0) - float(b or 0)
+
+    requests = delta(("inference_stats", "success", "count"))
+    executions = delta(("execution_count",))
+    if requests <= 0:
+        return {"server_queue_ms": None, "server_compute_ms": None, "rows_per_execution": None}
+    return {
+        "server_queue_ms": delta(("inference_stats", "queue", "ns")) / requests / 1e6,
+        "server_compute_ms": delta(("inference_stats", "compute_infer", "ns")) / requests / 1e6,
+        "rows_per_execution": delta(("inference_count",)) / executions if executions else None,
+    }

@@ -1,0 +1,223 @@
+"""Scenarios and profiles: what the load generator measures, and how long it takes.
+
+A scenario is a model (generated in code, seeded) with a batched twin. A profile says which
+configurations to measure (protocol, batching, replicas, closed-loop concurrency) and whether to
+search for SLO goodput. ``run`` measures a profile against running servers and returns rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from benchmarks.load import Target, in_process
+from benchmarks.measure import Plan, measure, server_breakdown
+from benchmarks.stats import goodput_search
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    model: str
+    """Model name in the repository; its dynamically batched twin is ``batched_<model>``."""
+    input_name: str
+    datatype: str
+    outputs: tuple[str, ...]
+    max_batch_size: int
+    make_samples: Callable[[Path], np.ndarray]
+    """[n, 1, ...] samples, one per request, given the repository."""
+
+    def target(self, repository: Path, *, batched: bool) -> Target:
+        model = f"batched_{self.model}" if batched else self.model
+        samples = self.make_samples(repository)
+        return Target(model, self.input_name, self.datatype, samples, self.outputs)
+
+
+def _digits(repository: Path) -> np.ndarray:
+    rows = np.load(repository / "digits" / "evaluation.npz")["inputs"].astype(np.float32)
+    return rows[:, None, :]
+
+
+def _images(repository: Path) -> np.ndarray:
+    return np.random.default_rng(0).normal(size=(8, 1, 3, 224, 224)).astype(np.float32)
+
+
+def _tokens(repository: Path) -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 1000, size=(32, 1, 128), dtype=np.int64)
+
+
+SCENARIOS = {
+    "digits": Scenario(
+        "digits", "digits", "input", "FP32", ("probabilities", "label"), 64, _digits
+    ),
+    "resnet18": Scenario("resnet18", "resnet18", "input", "FP32", ("logits",), 16, _images),
+    "bert": Scenario("bert", "bert", "input_ids", "INT64", ("pooled",), 32, _tokens),
+}
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    scenarios: tuple[str, ...]
+    protocols: tuple[str, ...]
+    concurrency: tuple[int, ...]
+    window_s: float
+    max_windows: int
+    warmup_s: float
+    goodput_bound_ms: float = 100.0
+    goodput_probes: int = 8
+    replicas: tuple[int, ...] = (1, 2)
+    in_process_s: float = 2.0
+
+
+PROFILES = {
+    "quick": Profile("quick", ("digits", "resnet18"), ("http_json", "http_binary", "grpc"),
+                     (1, 16), window_s=1.0, max_windows=5, warmup_s=0.5, goodput_probes=6),
+    "full": Profile("full", ("digits", "resnet18", "bert"), ("http_json", "http_binary", "grpc"),
+                    (1, 4, 16, 64), window_s=3.0, max_windows=10, warmup_s=1.0, goodput_probes=10,
+                    in_process_s=5.0),
+}  # fmt: skip
+
+
+def build_repository(root: Path, scenarios: tuple[str, ...]) -> Path:
+    """Every scenario's model and its batched twin (``max_queue_delay_ms: 0``)."""
+    from benchmarks.models import bert_encoder, resnet18, save
+    from serving import demo
+
+    root.mkdir(parents=True, exist_ok=True)
+    source = demo.ensure()
+    shutil.copy(source / "digits" / "evaluation.npz", root / "evaluation.npz")
+    builders = {"resnet18": resnet18, "bert": bert_encoder}
+    for name in scenarios:
+        scenario = SCENARIOS[name]
+        model_dir = root / scenario.model
+        if name == "digits":
+            shutil.copytree(source / "digits" / "2", model_dir / "1")
+            shutil.copy(source / "digits" / "evaluation.npz", model_dir / "evaluation.npz")
+        else:
+            save(builders[name](), model_dir / "1" / "model.onnx")
+        plain = {"max_batch_size": scenario.max_batch_size}
+        (model_dir / "config.yaml").write_text(yaml.safe_dump(plain))
+        twin = root / f"batched_{scenario.model}"
+        shutil.copytree(model_dir / "1", twin / "1")
+        batched = {**plain, "dynamic_batching": {"max_queue_delay_ms": 0}}
+        (twin / "config.yaml").write_text(yaml.safe_dump(batched))
+    return root
+
+
+def _statistics(url: str, model: str) -> dict[str, Any]:
+    import tritonclient.http as httpclient
+
+    client = httpclient.InferenceServerClient(url)
+    try:
+        return client.get_inference_statistics(model)["model_stats"][0]  # type: ignore[no-any-return]
+    finally:
+        client.close()
+
+
+def measured(plan: Plan, urls: dict[str, str], target: Target) -> dict[str, Any]:
+    before = _statistics(urls["http"], target.model)
+    figures = asyncio.run(measure(plan, urls, target))
+    after = _statistics(urls["http"], target.model)
+    figures.update(server_breakdown(before, after))
+    if figures["client_bound"]:
+        logger.warning(
+            "load generator used %.2f cores on %s: it, not the server, may be the limit",
+            figures["client_cpu_cores"], target.model,
+        )  # fmt: skip
+    return figures
+
+
+def limits(profile: Profile, repository: Path, scenario: Scenario, threads: int) -> dict[str, Any]:
+    """In-process ONNX Runtime at batch 1 and at its best batch size (swept in powers of 2)."""
+    target = scenario.target(repository, batched=False)
+    model = repository / scenario.model / "1" / "model.onnx"
+    sweep = []
+    batch = 1
+    while batch <= scenario.max_batch_size and batch <= 32:
+        sweep.append(in_process(model, target, threads=threads, batch=batch,
+                                seconds=profile.in_process_s))  # fmt: skip
+        batch *= 2
+    best = max(sweep, key=lambda r: r["throughput_rps"])
+    return {
+        "batch1_rps": sweep[0]["throughput_rps"],
+        "batch1_p50_ms": sweep[0]["p50_ms"],
+        "best_batch": best["batch"],
+        "best_rps": best["throughput_rps"],
+        "sweep": [
+            {k: r[k] for k in ("batch", "throughput_rps", "p50_ms", "p99_ms")} for r in sweep
+        ],
+    }
+
+
+def run(
+    profile: Profile,
+    repository: Path,
+    servers: dict[int, dict[str, str]],
+    *,
+    threads: int,
+    scenarios: tuple[str, ...] | None = None,
+) -> dict[str, Any]:
+    """Measure ``profile`` against ``servers`` (replica count → {"http": url, "grpc": url})."""
+    rows: list[dict[str, Any]] = []
+    goodput: list[dict[str, Any]] = []
+    ceilings: dict[str, Any] = {}
+    window = {"window_s": profile.window_s, "max_windows": profile.max_windows,
+              "warmup_s": profile.warmup_s}  # fmt: skip
+    one = min(servers)
+    for name in scenarios or profile.scenarios:
+        scenario = SCENARIOS[name]
+        ceilings[name] = limit = limits(profile, repository, scenario, threads)
+
+        def row(config: dict[str, Any], figures: dict[str, Any], limit: dict[str, Any] = limit,
+                name: str = name) -> None:  # fmt: skip
+            rows.append({
+                "scenario": name, **config, **figures,
+                "vs_batch1": figures["throughput_rps"] / limit["batch1_rps"],
+                "vs_best": figures["throughput_rps"] / limit["best_rps"],
+            })  # fmt: skip
+
+        plain = scenario.target(repository, batched=False)
+        batched = scenario.target(repository, batched=True)
+        for protocol in profile.protocols:
+            for concurrency in profile.concurrency:
+                plan = Plan(protocol, concurrency=concurrency, **window)
+                row({"batching": "off", "replicas": one}, measured(plan, servers[one], plain))
+        top = max(profile.concurrency)
+        plan = Plan("http_binary", concurrency=top, **window)
+        row({"batching": "on", "replicas": one}, measured(plan, servers[one], batched))
+        for replicas in sorted(servers):
+            if replicas != one:
+                figures = measured(plan, servers[replicas], batched)
+                row({"batching": "on", "replicas": replicas}, figures)
+
+        saturation = max(r["throughput_rps"] for r in rows if r["scenario"] == name)
+
+        def p99_at(rate: float, target: Target = batched) -> float:
+            plan = Plan("http_binary", rate=rate, **window)
+            figures = measured(plan, servers[one], target)
+            row({"batching": "on", "replicas": one}, figures)
+            failed = sum(figures["errors"].values())
+            return float("inf") if failed else float(figures["p99_ms"])
+
+        result = goodput_search(
+            p99_at, bound_ms=profile.goodput_bound_ms, low=max(1.0, saturation * 0.05),
+            high=saturation * 1.2, max_probes=profile.goodput_probes,
+        )  # fmt: skip
+        goodput.append({
+            "scenario": name, "protocol": "http_binary", "batching": "on",
+            "bound_ms": profile.goodput_bound_ms, "goodput_rps": result.rate,
+            "p99_ms": result.p99_ms, "probes": [list(p) for p in result.probes],
+            "vs_best": result.rate / limit["best_rps"], "vs_saturation": result.rate / saturation,
+        })  # fmt: skip
+    return {"rows": rows, "goodput": goodput, "in_process": ceilings}

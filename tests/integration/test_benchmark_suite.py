@@ -1,0 +1,48 @@
+"""The benchmark suite's quick path against the live test server: reports produced, consistent."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from benchmarks.report import write
+from benchmarks.suite import Profile, run
+from tests.integration.conftest import Server
+
+TINY = Profile(
+    "tiny", ("digits",), ("http_binary", "grpc"), (1, 2), window_s=0.3, max_windows=3,
+    warmup_s=0.1, goodput_probes=3, replicas=(1,), in_process_s=0.2,
+)  # fmt: skip
+
+
+def test_quick_profile_writes_consistent_reports(server: Server, tmp_path: Path) -> None:
+    servers = {1: {"http": server.http_url, "grpc": server.grpc_url}}
+    result = run(TINY, server.repository, servers, threads=1)
+    files = write(result, tmp_path, "tiny", {"profile": "tiny"})
+    names = {f.name for f in files}
+    assert names == {"tiny.json", "tiny.md", "tiny-digits.png"}
+    assert (tmp_path / "tiny-digits.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    report = json.loads((tmp_path / "tiny.json").read_text())
+    assert {"commit", "cpu", "cores", "libraries", "parameters"} <= set(report["context"])
+    rows = report["rows"]
+    closed = [r for r in rows if r["mode"] == "closed"]
+    opened = [r for r in rows if r["mode"] == "open"]
+    assert len(closed) == 2 * 2 + 1  # protocols x concurrency, plus batching on
+    assert len(opened) == len(report["goodput"][0]["probes"]) <= TINY.goodput_probes
+    for row in rows:
+        assert row["requests"] > 0 and row["throughput_rps"] > 0
+        assert row["p50_ms"] <= row["p90_ms"] <= row["p95_ms"] <= row["p99_ms"] <= row["max_ms"]
+        assert 1 <= row["windows"] <= TINY.max_windows
+        assert row["vs_best"] <= row["vs_batch1"]
+    batched = [r for r in closed if r["batching"] == "on"]
+    assert batched[0]["rows_per_execution"] >= 1
+    limit = report["in_process"]["digits"]
+    assert limit["best_rps"] >= limit["batch1_rps"] > 0
+    goodput = report["goodput"][0]
+    assert goodput["bound_ms"] == 100.0
+    if goodput["goodput_rps"] > 0:
+        assert goodput["p99_ms"] <= 100.0
+
+    table = (tmp_path / "tiny.md").read_text()
+    assert table.count("| digits |") == len(rows) + 2  # every row, the limit and the goodput
