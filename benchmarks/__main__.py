@@ -43,17 +43,27 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="bench-"))
     repository = build_repository(workdir / "repo", scenarios)
     servers: dict[int, dict[str, str]] = {}
-    deployment.connect(num_cpus=max(8, 2 * cores))
+    (proxy_port,) = free_ports(1)
+    deployment.connect(num_cpus=max(8, 2 * cores), proxy=("127.0.0.1", proxy_port))
     try:
+
+        def config_for(replicas: int, ports: tuple[int, int] = (0, 0)) -> ServerConfig:
+            return ServerConfig(
+                repository=repository, host="127.0.0.1", http_port=ports[0], grpc_port=ports[1],
+                replicas=replicas, replica_cpus=cores / replicas,
+            )  # fmt: skip
+
         for replicas in profile.replicas:
             http_port, grpc_port = free_ports(2)
-            config = ServerConfig(
-                repository=repository, host="127.0.0.1", http_port=http_port,
-                grpc_port=grpc_port, replicas=replicas, replica_cpus=cores / replicas,
-            )  # fmt: skip
-            deployment.deploy(config, name=f"bench-{replicas}")
+            deployment.deploy(
+                config_for(replicas, (http_port, grpc_port)), name=f"bench-{replicas}"
+            )
             servers[replicas] = {"http": f"127.0.0.1:{http_port}", "grpc": f"127.0.0.1:{grpc_port}"}
-        result = run(profile, repository, servers, threads=cores, scenarios=scenarios)
+        proxy = None
+        if profile.proxy:
+            deployment.deploy_behind_proxy(config_for(1), name="bench-proxied")
+            proxy = {"http": f"127.0.0.1:{proxy_port}"}
+        result = run(profile, repository, servers, threads=cores, scenarios=scenarios, proxy=proxy)
     finally:
         deployment.shutdown()
         shutil.rmtree(workdir, ignore_errors=True)

@@ -14,6 +14,7 @@ COLUMNS = [
     ("protocol", "protocol", ""),
     ("batching", "batching", ""),
     ("replicas", "replicas", "d"),
+    ("ingress", "ingress", ""),
     ("load", "load", ""),
     ("throughput_rps", "req/s", ".1f"),
     ("p50_ms", "p50 ms", ".2f"),
@@ -39,7 +40,7 @@ def _cell(value: Any, fmt: str) -> str:
 
 
 def markdown(result: dict[str, Any]) -> str:
-    aligns = ["---" if i < 5 else "---:" for i in range(len(COLUMNS))]
+    aligns = ["---" if i < 6 else "---:" for i in range(len(COLUMNS))]
     lines = ["| " + " | ".join(h for _, h, _ in COLUMNS) + " |", "|" + "|".join(aligns) + "|"]
     for row in result["rows"]:
         shown = dict(row)
@@ -75,13 +76,16 @@ def plot(result: dict[str, Any], directory: Path, name: str) -> list[Path]:
     for scenario in sorted({r["scenario"] for r in result["rows"]}):
         rows = [r for r in result["rows"] if r["scenario"] == scenario]
         figure, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharex=True)
-        configs = sorted({(r["protocol"], r["batching"], r["replicas"], r["mode"]) for r in rows})
-        for config in configs:
+
+        def key(r: dict[str, Any]) -> tuple[Any, ...]:
+            return (r["protocol"], r["batching"], r["replicas"], r["mode"], r["ingress"])
+
+        for config in sorted({key(r) for r in rows}):
             points = sorted(
-                (r["throughput_rps"], r["p50_ms"], r["p99_ms"]) for r in rows
-                if (r["protocol"], r["batching"], r["replicas"], r["mode"]) == config
-            )  # fmt: skip
+                (r["throughput_rps"], r["p50_ms"], r["p99_ms"]) for r in rows if key(r) == config
+            )
             label = f"{config[0]}, batching {config[1]}, {config[2]} repl., {config[3]} loop"
+            label += ", via Ray Serve proxy" if config[4] != "direct" else ""
             for axis, column in zip(axes, (1, 2), strict=True):
                 axis.plot([p[0] for p in points], [p[column] for p in points], marker="o",
                           label=label)  # fmt: skip

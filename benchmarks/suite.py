@@ -78,6 +78,8 @@ class Profile:
     goodput_probes: int = 8
     replicas: tuple[int, ...] = (1, 2)
     in_process_s: float = 2.0
+    proxy: bool = True
+    """Also measure through Ray Serve's HTTP proxy (the default Ray Serve ingress)."""
 
 
 PROFILES = {
@@ -125,11 +127,19 @@ def _statistics(url: str, model: str) -> dict[str, Any]:
         client.close()
 
 
-def measured(plan: Plan, urls: dict[str, str], target: Target) -> dict[str, Any]:
-    before = _statistics(urls["http"], target.model)
+def measured(
+    plan: Plan, urls: dict[str, str], target: Target, *, stats_url: str | None = None
+) -> dict[str, Any]:
+    """Measure, adding the server's own breakdown (read from ``stats_url``, default the
+    server measured) when it answers for this traffic."""
+    stats = stats_url or urls["http"]
+    before = _statistics(stats, target.model)
     figures = asyncio.run(measure(plan, urls, target))
-    after = _statistics(urls["http"], target.model)
-    figures.update(server_breakdown(before, after))
+    after = _statistics(stats, target.model)
+    breakdown = server_breakdown(before, after)
+    if stats_url is not None:  # another server's counters say nothing about this traffic
+        breakdown = dict.fromkeys(breakdown)
+    figures.update(breakdown)
     if figures["client_bound"]:
         logger.warning(
             "load generator used %.2f cores on %s: it, not the server, may be the limit",
@@ -167,8 +177,10 @@ def run(
     *,
     threads: int,
     scenarios: tuple[str, ...] | None = None,
+    proxy: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Measure ``profile`` against ``servers`` (replica count → {"http": url, "grpc": url})."""
+    """Measure ``profile`` against ``servers`` (replica count → {"http": url, "grpc": url});
+    ``proxy`` is the same server behind Ray Serve's HTTP proxy, if deployed."""
     rows: list[dict[str, Any]] = []
     goodput: list[dict[str, Any]] = []
     ceilings: dict[str, Any] = {}
@@ -182,7 +194,7 @@ def run(
         def row(config: dict[str, Any], figures: dict[str, Any], limit: dict[str, Any] = limit,
                 name: str = name) -> None:  # fmt: skip
             rows.append({
-                "scenario": name, **config, **figures,
+                "scenario": name, "ingress": "direct", **config, **figures,
                 "vs_batch1": figures["throughput_rps"] / limit["batch1_rps"],
                 "vs_best": figures["throughput_rps"] / limit["best_rps"],
             })  # fmt: skip
@@ -194,6 +206,11 @@ def run(
                 plan = Plan(protocol, concurrency=concurrency, **window)
                 row({"batching": "off", "replicas": one}, measured(plan, servers[one], plain))
         top = max(profile.concurrency)
+        if proxy is not None:
+            for concurrency in profile.concurrency:
+                plan = Plan("http_binary", concurrency=concurrency, **window)
+                figures = measured(plan, proxy, plain, stats_url=servers[one]["http"])
+                row({"batching": "off", "replicas": one, "ingress": "Ray Serve proxy"}, figures)
         plan = Plan("http_binary", concurrency=top, **window)
         row({"batching": "on", "replicas": one}, measured(plan, servers[one], batched))
         for replicas in sorted(servers):

@@ -64,8 +64,17 @@ def build(config: ServerConfig) -> serve.Application:
     ).bind(config)
 
 
-def connect(address: str | None = None, *, num_cpus: int | None = None) -> None:
-    """Join the Ray cluster at ``address`` (or ``RAY_ADDRESS``), else start Ray embedded."""
+def connect(
+    address: str | None = None,
+    *,
+    num_cpus: int | None = None,
+    proxy: tuple[str, int] | None = None,
+) -> None:
+    """Join the Ray cluster at ``address`` (or ``RAY_ADDRESS``), else start Ray embedded.
+
+    ``proxy`` (host, port) turns on Ray Serve's own HTTP proxy, for ``deploy_behind_proxy``;
+    the serving path does not need it.
+    """
     if not ray.is_initialized():
         address = address or os.environ.get("RAY_ADDRESS")
         if address:
@@ -76,12 +85,49 @@ def connect(address: str | None = None, *, num_cpus: int | None = None) -> None:
                 include_dashboard=False,
                 logging_level=logging.WARNING,
             )
-    serve.start(proxy_location=ProxyLocation.Disabled)
+    if proxy is None:
+        serve.start(proxy_location=ProxyLocation.Disabled)
+    else:
+        serve.start(
+            proxy_location=ProxyLocation.HeadOnly,
+            http_options={"host": proxy[0], "port": proxy[1]},
+        )
 
 
 def deploy(config: ServerConfig, *, name: str = "serving") -> Any:
     """Deploy (or update) the server application; returns once every replica serves."""
     return serve.run(build(config), name=name, route_prefix=None)
+
+
+def _proxied_app(config: ServerConfig) -> Any:
+    """Built on each replica: the same HTTP app, reached through Ray Serve's proxy."""
+    from serving.dataplane import DataPlane
+    from serving.http import build_app as build_http_app
+    from serving.server import load_host
+
+    dataplane = DataPlane(load_host(config))
+    return build_http_app(dataplane, max_request_bytes=config.max_request_bytes)
+
+
+class ProxiedServer:
+    """Marker class for the proxied deployment; its routes come from the ASGI builder."""
+
+
+def deploy_behind_proxy(config: ServerConfig, *, name: str = "serving-proxied") -> Any:
+    """The same server behind Ray Serve's HTTP proxy (and its handle hop), for comparison.
+
+    Needs ``connect(proxy=...)``. HTTP only; ``config``'s ports are not used.
+    """
+
+    def builder() -> Any:  # Ray Serve calls a plain function to build the app on the replica
+        return _proxied_app(config)
+
+    ingress = serve.ingress(builder)
+    deployment = serve.deployment(name="ProxiedServer")(ingress(ProxiedServer))
+    app = deployment.options(
+        num_replicas=config.replicas, ray_actor_options={"num_cpus": config.replica_cpus}
+    ).bind()
+    return serve.run(app, name=name, route_prefix="/")
 
 
 def replica_actor_names(name: str = "serving") -> list[str]:
