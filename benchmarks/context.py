@@ -36,6 +36,19 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def _gpu_model() -> str | None:
+    """The first GPU's name from nvidia-smi, or None on a machine without one."""
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+            capture_output=True, text=True, timeout=10,
+        )  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    names = out.stdout.strip().splitlines()
+    return names[0] if out.returncode == 0 and names else None
+
+
 def collect(parameters: dict[str, Any]) -> dict[str, Any]:
     versions: dict[str, str | None] = {}
     for name in LIBRARIES:
@@ -47,6 +60,7 @@ def collect(parameters: dict[str, Any]) -> dict[str, Any]:
         "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "commit": _commit(),
         "cpu": _cpu_model(),
+        "gpu": _gpu_model(),
         "cores": os.cpu_count(),
         "python": platform.python_version(),
         "libraries": versions,
