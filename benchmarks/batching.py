@@ -11,7 +11,6 @@ with the same thread count: the ceiling for server throughput. Writes JSON and M
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import shutil
@@ -23,7 +22,8 @@ import numpy as np
 import yaml
 
 from benchmarks.context import collect
-from benchmarks.load import PROTOCOLS, Target, drive, free_ports, in_process, table
+from benchmarks.load import PROTOCOLS, Target, free_ports, in_process, table
+from benchmarks.measure import closed_loop
 from benchmarks.models import resnet18, save
 
 RESULTS = Path(__file__).parent / "results"
@@ -41,7 +41,7 @@ COLUMNS = [
     ("throughput_rps", "req/s", ".1f"),
     ("vs_in_process", "ratio to in-process best", ".2f"),
     ("rows_per_execution", "rows/execution", ".1f"),
-    ("errors", "errors", "d"),
+    ("error_count", "errors", "d"),
     ("client_cpu_cores", "client CPU (cores)", ""),
 ]
 
@@ -131,9 +131,7 @@ def main() -> None:
                                 loads[model].outputs)  # fmt: skip
                 for concurrency in args.concurrency:
                     before = executions(urls, name)
-                    figures = asyncio.run(
-                        drive(args.protocol, urls, target, concurrency, args.seconds)
-                    )
+                    figures = closed_loop(args.protocol, urls, target, concurrency, args.seconds)
                     after = executions(urls, name)
                     rows = after[0] - before[0]
                     runs = max(1, after[1] - before[1])

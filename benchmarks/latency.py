@@ -12,7 +12,6 @@ Writes JSON (with commit, hardware, versions) and a Markdown table under ``bench
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,8 @@ from typing import Any
 import numpy as np
 
 from benchmarks.context import collect
-from benchmarks.load import PROTOCOLS, Target, drive, free_ports, in_process, table
+from benchmarks.load import PROTOCOLS, Target, free_ports, in_process, table
+from benchmarks.measure import closed_loop
 
 RESULTS = Path(__file__).parent / "results"
 COLUMNS = [
@@ -29,7 +29,7 @@ COLUMNS = [
     ("p50_ms", "p50 ms", ".3f"),
     ("p99_ms", "p99 ms", ".3f"),
     ("throughput_rps", "req/s", ".0f"),
-    ("errors", "errors", "d"),
+    ("error_count", "errors", "d"),
     ("client_cpu_cores", "client CPU (cores)", ""),
 ]
 
@@ -62,7 +62,7 @@ def main() -> None:
     try:
         for concurrency in args.concurrency:
             for protocol in args.protocols:
-                figures = asyncio.run(drive(protocol, urls, target, concurrency, args.seconds))
+                figures = closed_loop(protocol, urls, target, concurrency, args.seconds)
                 results.append({"path": protocol, "concurrency": concurrency, **figures})
             local = in_process(
                 repository / "digits/2/model.onnx", target, threads=config.intra_op_threads,

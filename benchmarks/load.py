@@ -1,8 +1,8 @@
-"""Closed-loop load through tritonclient's asyncio clients, and the in-process floor."""
+"""What load is sent and how (tritonclient's asyncio clients), and the in-process floor."""
 
 from __future__ import annotations
 
-import asyncio
+import math
 import socket
 import threading
 import time
@@ -13,8 +13,9 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.stats import summarize
+
 PROTOCOLS = ("http_json", "http_binary", "grpc")
-WARMUP_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -27,13 +28,6 @@ class Target:
     samples: np.ndarray
     """Shape [n, 1, ...]: each request carries one [1, ...] sample."""
     outputs: tuple[str, ...]
-
-
-def percentiles(latencies_s: list[float]) -> dict[str, float]:
-    if not latencies_s:
-        return {"p50_ms": float("nan"), "p99_ms": float("nan")}
-    ms = np.asarray(latencies_s) * 1000.0
-    return {"p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99))}
 
 
 def free_ports(count: int) -> list[int]:
@@ -72,47 +66,6 @@ def _sender(
         return await client.infer(target.model, [tensor])
 
     return send_grpc, client
-
-
-async def drive(
-    protocol: str, urls: dict[str, str], target: Target, concurrency: int, seconds: float
-) -> dict[str, Any]:
-    """N requests in flight for ``seconds`` after a warm-up; latency percentiles, throughput."""
-    send, client = _sender(protocol, urls, target)
-    latencies: list[float] = []
-    errors = 0
-    stop_at = 0.0
-    samples = target.samples
-
-    async def worker(offset: int) -> None:
-        nonlocal errors
-        index = offset
-        while time.perf_counter() < stop_at:
-            began = time.perf_counter()
-            try:
-                await send(samples[index % len(samples)])
-                latencies.append(time.perf_counter() - began)
-            except Exception:
-                errors += 1
-            index += concurrency
-
-    stop_at = time.perf_counter() + WARMUP_S
-    await asyncio.gather(*(worker(i) for i in range(concurrency)))
-    latencies.clear()
-    errors = 0
-    began = time.perf_counter()
-    cpu_began = time.process_time()
-    stop_at = began + seconds
-    await asyncio.gather(*(worker(i) for i in range(concurrency)))
-    elapsed = time.perf_counter() - began
-    client_cpu = (time.process_time() - cpu_began) / elapsed
-    await client.close()
-    return {
-        "throughput_rps": len(latencies) / elapsed,
-        "errors": errors,
-        "client_cpu_cores": round(client_cpu, 2),
-        **percentiles(latencies),
-    }
 
 
 def in_process(
@@ -157,22 +110,28 @@ def in_process(
         thread.join()
     elapsed = time.perf_counter() - began
     flat = [x for slot in latencies for x in slot]
-    return {"throughput_rps": len(flat) * batch / elapsed, "batch": batch, "errors": 0,
-            **percentiles(flat)}  # fmt: skip
+    return {"throughput_rps": len(flat) * batch / elapsed, "batch": batch, "error_count": 0,
+            **summarize(flat)}  # fmt: skip
 
 
-def table(results: list[dict[str, Any]], columns: list[tuple[str, str, str]]) -> str:
-    """Markdown: ``columns`` are (key, header, format)."""
+def cell(value: Any, fmt: str) -> str:
+    """A table cell: '-' for missing or NaN, numbers formatted with ``fmt``."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if fmt and isinstance(value, int | float) and not isinstance(value, bool):
+        return format(value, fmt)
+    return str(value)
+
+
+def table(
+    results: list[dict[str, Any]], columns: list[tuple[str, str, str]], *, text_columns: int = 1
+) -> str:
+    """Markdown: ``columns`` are (key, header, format); the first ``text_columns`` align left."""
+    aligns = ["---" if i < text_columns else "---:" for i in range(len(columns))]
     lines = [
         "| " + " | ".join(header for _, header, _ in columns) + " |",
-        "|" + "|".join("---" if i == 0 else "---:" for i in range(len(columns))) + "|",
+        "|" + "|".join(aligns) + "|",
     ]
     for row in results:
-        cells = []
-        for key, _, fmt in columns:
-            value = row.get(key, "-")
-            cells.append(
-                format(value, fmt) if isinstance(value, int | float) and fmt else str(value)
-            )
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append("| " + " | ".join(cell(row.get(key), fmt) for key, _, fmt in columns) + " |")
     return "\n".join(lines)

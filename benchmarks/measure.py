@@ -142,6 +142,7 @@ async def measure(plan: Plan, urls: dict[str, str], target: Target) -> dict[str,
         **summarize(latencies),
         "requests": len(latencies),
         "errors": errors,
+        "error_count": sum(errors.values()),
         "windows": len(windows),
         "stable": stable(windows, count=plan.stable_windows, tolerance=plan.tolerance),
         "client_cpu_cores": round(client_cpu, 3),
@@ -168,3 +169,11 @@ def server_breakdown(before: dict[str, Any], after: dict[str, Any]) -> dict[str,
         "server_compute_ms": delta(("inference_stats", "compute_infer", "ns")) / requests / 1e6,
         "rows_per_execution": delta(("inference_count",)) / executions if executions else None,
     }
+
+
+def closed_loop(
+    protocol: str, urls: dict[str, str], target: Target, concurrency: int, seconds: float
+) -> dict[str, Any]:
+    """``concurrency`` in flight for ``seconds`` after a 1 s warm-up: three windows, all kept."""
+    plan = Plan(protocol, concurrency=concurrency, window_s=seconds / 3, max_windows=3)
+    return asyncio.run(measure(plan, urls, target))

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
 from benchmarks.context import collect
+from benchmarks.load import cell, table
 
 COLUMNS = [
     ("scenario", "scenario", ""),
@@ -31,23 +31,13 @@ COLUMNS = [
 ]
 
 
-def _cell(value: Any, fmt: str) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    if fmt and isinstance(value, int | float) and not isinstance(value, bool):
-        return format(value, fmt)
-    return str(value)
-
-
 def markdown(result: dict[str, Any]) -> str:
-    aligns = ["---" if i < 6 else "---:" for i in range(len(COLUMNS))]
-    lines = ["| " + " | ".join(h for _, h, _ in COLUMNS) + " |", "|" + "|".join(aligns) + "|"]
+    shown = []
     for row in result["rows"]:
-        shown = dict(row)
-        shown["load"] = (f"{row['concurrency']} in flight" if row["mode"] == "closed"
-                         else f"{row['rate']:.0f} req/s open")  # fmt: skip
-        shown["error_count"] = sum(row["errors"].values())
-        lines.append("| " + " | ".join(_cell(shown.get(k), f) for k, _, f in COLUMNS) + " |")
+        load = (f"{row['concurrency']} in flight" if row["mode"] == "closed"
+                else f"{row['rate']:.0f} req/s open")  # fmt: skip
+        shown.append({**row, "load": load})
+    lines = [table(shown, COLUMNS, text_columns=6)]
     lines += ["", "| scenario | in-process ORT batch 1 req/s | best batch | best req/s |",
               "|---|---:|---:|---:|"]  # fmt: skip
     for name, limit in result["in_process"].items():
@@ -59,7 +49,7 @@ def markdown(result: dict[str, Any]) -> str:
     for entry in result["goodput"]:
         lines.append(
             f"| {entry['scenario']} | {entry['goodput_rps']:.1f} | {entry['bound_ms']:g} "
-            f"| {_cell(entry['p99_ms'], '.2f')} | {entry['vs_best']:.3f} "
+            f"| {cell(entry['p99_ms'], '.2f')} | {entry['vs_best']:.3f} "
             f"| {entry['vs_saturation']:.3f} | {len(entry['probes'])} |"
         )
     return "\n".join(lines) + "\n"
