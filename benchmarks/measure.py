@@ -8,6 +8,7 @@ queueing in the latencies instead of slowing the client down (no coordinated omi
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -61,6 +62,10 @@ class _Collector:
 
 async def measure(plan: Plan, urls: dict[str, str], target: Target) -> dict[str, Any]:
     """Measure until ``stable_windows`` windows agree (or ``max_windows`` pass); report those."""
+    # This process may be a Ray driver with a large heap: a full collection pass stalls its loop
+    # for ~100 ms, which an open loop records as server latency. Long-lived objects stay out.
+    gc.collect()
+    gc.freeze()
     send, client = _sender(plan.protocol, urls, target)
     collector = _Collector()
     samples = target.samples
