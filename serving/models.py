@@ -78,6 +78,7 @@ class ModelVersion:
             names = validate(request, self.signature, self.model)
             timeout_us = request_timeout_us(request)
             feed = {t.name: t.data for t in request.inputs}
+            rows = request.inputs[0].shape[0] if self.signature.max_batch_size > 0 else 1
             decoded = time.perf_counter_ns()
             if self.config.dynamic_batching is not None:
                 arrays, queue_s, compute_s = await self._infer_batched(
@@ -85,7 +86,7 @@ class ModelVersion:
                 )
             else:
                 arrays, queue_s, compute_s = await self._infer_direct(
-                    feed, names, timeout_us, executor, start
+                    feed, names, rows, timeout_us, executor, start
                 )
         except ServingError:
             self.stats.record_failure(time.perf_counter_ns() - start)
@@ -98,7 +99,6 @@ class ModelVersion:
             ) from None
         types = {t.name: t.datatype for t in self.signature.outputs}
         outputs = [Tensor(n, types[n], a) for n, a in zip(names, arrays, strict=True)]
-        rows = request.inputs[0].shape[0] if self.signature.max_batch_size > 0 else 1
         finished = time.perf_counter_ns()
         self.stats.compute_input.add(decoded - start)
         self.stats.queue.add(int(queue_s * 1e9))
@@ -116,6 +116,7 @@ class ModelVersion:
         self,
         feed: dict[str, np.ndarray],
         names: list[str],
+        rows: int,
         timeout_us: int | None,
         executor: Executor,
         start_ns: int,
@@ -131,12 +132,7 @@ class ModelVersion:
             loop = asyncio.get_running_loop()
             arrays = await loop.run_in_executor(executor, self.runtime.infer, feed, names)
             done = time.perf_counter_ns()
-        rows = (
-            next(iter(feed.values())).shape[0]
-            if self.signature and self.signature.max_batch_size
-            else 1
-        )
-        self.stats.record_execution(int(rows), done - began)
+        self.stats.record_execution(rows, done - began)
         return arrays, (began - queued) / 1e9, (done - began) / 1e9
 
     async def _infer_batched(
