@@ -142,17 +142,19 @@ class DataPlane:
             index.extend(r for r in rows if not ready_only or r["state"] == "READY")
         return index
 
-    def require(self, name: str, version: str | None) -> None:
-        """Raise unless ``name``/``version`` can serve now: checked before reading a body."""
-        self._ready_version(name, version)
+    def require(self, name: str, version: str | None) -> ModelVersion:
+        """The version that will serve ``name``/``version``, or the error to answer with.
 
-    def queues(self, name: str, version: str | None) -> bool:
-        """Whether requests to this version wait in a batching queue (worth watching for
-        clients that leave)."""
-        return self.host.resolve(name, version).config.dynamic_batching is not None
+        Checked before reading a body; pass the result to ``infer`` to resolve only once.
+        """
+        return self._ready_version(name, version)
 
-    async def infer(self, request: InferenceRequest) -> InferenceResponse:
-        return await self.host.infer(request)
+    async def infer(
+        self, request: InferenceRequest, target: ModelVersion | None = None
+    ) -> InferenceResponse:
+        if target is None:
+            return await self.host.infer(request)
+        return await target.infer(request, self.host.executor)
 
     def _ready_version(self, name: str, version: str | None) -> ModelVersion:
         target = self.host.resolve(name, version)

@@ -103,9 +103,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return grpc_codec.from_document({"models": models}, pb.RepositoryIndexResponse())
 
     async def ModelInfer(self, request: Any, context: Any) -> pb.ModelInferResponse:
-        self._dataplane.require(request.model_name, request.model_version or None)
+        target = self._dataplane.require(request.model_name, request.model_version or None)
         infer_request = grpc_codec.decode_request(request)
-        response = await self._dataplane.infer(infer_request)
+        response = await self._dataplane.infer(infer_request, target)
         return grpc_codec.encode_response(response)
 
     async def ModelStreamInfer(

@@ -86,7 +86,7 @@ def build_app(dataplane: DataPlane, *, max_request_bytes: int) -> Starlette:
     async def infer(request: Request) -> Response:
         name = request.path_params["model"]
         version = version_of(request)
-        dataplane.require(name, version)
+        target = dataplane.require(name, version)
         body = await _read_body(request, max_request_bytes)
         header = request.headers.get(rest.HEADER_LENGTH)
         header_length = None
@@ -100,12 +100,12 @@ def build_app(dataplane: DataPlane, *, max_request_bytes: int) -> Starlette:
         infer_request = rest.decode_request(
             body, header_length, model_name=name, model_version=version
         )
-        if dataplane.queues(name, version):
-            response = await _unless_disconnected(request, dataplane.infer(infer_request))
+        if target.queues:  # a queued request is worth dropping when its client leaves
+            response = await _unless_disconnected(request, dataplane.infer(infer_request, target))
             if response is None:
                 return Response(status_code=CLIENT_CLOSED)
         else:
-            response = await dataplane.infer(infer_request)
+            response = await dataplane.infer(infer_request, target)
         payload, json_length = rest.encode_response(response, infer_request)
         if json_length is None:
             return Response(payload, media_type=JSON)

@@ -68,6 +68,11 @@ class ModelVersion:
     def ready(self) -> bool:
         return self.state is State.READY
 
+    @property
+    def queues(self) -> bool:
+        """Whether requests wait in a batching queue."""
+        return self.config.dynamic_batching is not None
+
     async def infer(self, request: InferenceRequest, executor: Executor) -> InferenceResponse:
         if self.runtime is None or self.signature is None:
             raise ModelNotReadyError(
@@ -80,7 +85,7 @@ class ModelVersion:
             feed = {t.name: t.data for t in request.inputs}
             rows = request.inputs[0].shape[0] if self.signature.max_batch_size > 0 else 1
             decoded = time.perf_counter_ns()
-            if self.config.dynamic_batching is not None:
+            if self.queues:
                 arrays, queue_s, compute_s = await self._infer_batched(
                     feed, names, timeout_us, executor
                 )
