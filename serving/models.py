@@ -108,7 +108,7 @@ class ModelVersion:
         self.stats.compute_input.add(decoded - start)
         self.stats.queue.add(int(queue_s * 1e9))
         self.stats.compute_infer.add(int(compute_s * 1e9))
-        self.stats.compute_output.add(max(0, finished - start - int((queue_s + compute_s) * 1e9)))
+        self.stats.compute_output.add(max(0, finished - decoded - int((queue_s + compute_s) * 1e9)))
         self.stats.record_success(rows, finished - start)
         return InferenceResponse(
             model_name=self.model,
