@@ -18,20 +18,13 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import yaml
-
 from benchmarks.context import collect
-from benchmarks.load import PROTOCOLS, Target, free_ports, in_process, table
-from benchmarks.measure import closed_loop
-from benchmarks.models import resnet18, save
+from benchmarks.load import PROTOCOLS, free_ports, table
+from benchmarks.measure import Plan
+from benchmarks.suite import SCENARIOS, build_repository, limits, measured
 
 RESULTS = Path(__file__).parent / "results"
-BATCH_SWEEP = (1, 2, 4, 8, 16)
-BATCHING = {
-    "digits": {"max_batch_size": 64, "dynamic_batching": {"max_queue_delay_ms": 0}},
-    "resnet18": {"max_batch_size": 16, "dynamic_batching": {"max_queue_delay_ms": 0}},
-}
+MODELS = ("digits", "resnet18")
 COLUMNS = [
     ("model", "model", ""),
     ("batching", "batching", ""),
@@ -46,49 +39,12 @@ COLUMNS = [
 ]
 
 
-def build_repository(root: Path) -> Path:
-    from serving import demo
-
-    source = demo.ensure()
-    shutil.copytree(source / "digits" / "2", root / "digits" / "1")
-    save(resnet18(), root / "resnet18" / "1" / "model.onnx")
-    for model, config in BATCHING.items():
-        unbatched = {"max_batch_size": config["max_batch_size"]}
-        (root / model / "config.yaml").write_text(yaml.safe_dump(unbatched))
-        shutil.copytree(root / model / "1", root / f"{model}_batched" / "1")
-        (root / f"{model}_batched" / "config.yaml").write_text(yaml.safe_dump(config))
-    return root
-
-
-def targets(repository: Path) -> dict[str, Target]:
-    digits = np.load(demo_eval(repository))["inputs"].astype(np.float32)
-    images = np.random.default_rng(0).normal(size=(8, 1, 3, 224, 224)).astype(np.float32)
-    return {
-        "digits": Target("digits", "input", "FP32", digits[:, None, :], ("probabilities", "label")),
-        "resnet18": Target("resnet18", "input", "FP32", images, ("logits",)),
-    }
-
-
-def demo_eval(repository: Path) -> Path:
-    from serving import demo
-
-    return demo.ensure() / "digits" / "evaluation.npz"
-
-
-def executions(urls: dict[str, str], model: str) -> tuple[int, int]:
-    import tritonclient.http as httpclient
-
-    stats = httpclient.InferenceServerClient(urls["http"]).get_inference_statistics(model)
-    entry = stats["model_stats"][0]
-    return entry["inference_count"], entry["execution_count"]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=6.0)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 64])
     parser.add_argument("--protocol", choices=PROTOCOLS, default="http_binary")
-    parser.add_argument("--models", nargs="+", choices=list(BATCHING), default=list(BATCHING))
+    parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
     parser.add_argument("--name", default="batching")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
@@ -98,8 +54,7 @@ def main() -> None:
 
     cores = os.cpu_count() or 1
     workdir = Path(tempfile.mkdtemp(prefix="bench-batching-"))
-    repository = build_repository(workdir / "repo")
-    loads = targets(repository)
+    repository = build_repository(workdir / "repo", tuple(args.models))
     http_port, grpc_port = free_ports(2)
     config = ServerConfig(
         repository=repository, host="127.0.0.1", http_port=http_port, grpc_port=grpc_port,
@@ -110,39 +65,26 @@ def main() -> None:
     results: list[dict[str, Any]] = []
     ceilings: dict[str, dict[str, Any]] = {}
     for model in args.models:
-        sweep = [
-            in_process(repository / model / "1" / "model.onnx", loads[model],
-                       threads=config.intra_op_threads, batch=b, seconds=3.0)
-            for b in BATCH_SWEEP
-        ]  # fmt: skip
-        best = max(sweep, key=lambda r: r["throughput_rps"])
-        ceilings[model] = {"best_batch": best["batch"], "throughput_rps": best["throughput_rps"],
-                           "batch1_p99_ms": sweep[0]["p99_ms"], "sweep": sweep}  # fmt: skip
-        results.append({"model": model, "batching": f"in-process ORT, batch {best['batch']}",
-                        "concurrency": "-", **best, "vs_in_process": 1.0})  # fmt: skip
+        ceilings[model] = best = limits(repository, SCENARIOS[model], config.intra_op_threads, 3.0)
+        results.append({"model": model, "batching": f"in-process ORT, batch {best['best_batch']}",
+                        "concurrency": "-", "throughput_rps": best["best_rps"],
+                        "vs_in_process": 1.0, "error_count": 0})  # fmt: skip
 
     deployment.connect()
     deployment.deploy(config, name="bench")
     try:
         for model in args.models:
             for batched in (False, True):
-                name = f"{model}_batched" if batched else model
-                target = Target(name, loads[model].input_name, "FP32", loads[model].samples,
-                                loads[model].outputs)  # fmt: skip
+                target = SCENARIOS[model].target(repository, batched=batched)
                 for concurrency in args.concurrency:
-                    before = executions(urls, name)
-                    figures = closed_loop(args.protocol, urls, target, concurrency, args.seconds)
-                    after = executions(urls, name)
-                    rows = after[0] - before[0]
-                    runs = max(1, after[1] - before[1])
+                    plan = Plan(args.protocol, concurrency=concurrency,
+                                window_s=args.seconds / 3, max_windows=3)  # fmt: skip
+                    figures = measured(plan, urls, target)
                     results.append({
                         "model": model,
                         "batching": "on" if batched else "off",
-                        "concurrency": concurrency,
                         **figures,
-                        "vs_in_process": figures["throughput_rps"]
-                        / ceilings[model]["throughput_rps"],
-                        "rows_per_execution": rows / runs,
+                        "vs_in_process": figures["throughput_rps"] / ceilings[model]["best_rps"],
                     })  # fmt: skip
     finally:
         deployment.shutdown()
@@ -152,7 +94,6 @@ def main() -> None:
     print(rendered)
     args.out.mkdir(parents=True, exist_ok=True)
     parameters = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    parameters["batching_configs"] = BATCHING
     report = {"context": collect(parameters), "in_process": ceilings, "results": results}
     (args.out / f"{args.name}.json").write_text(json.dumps(report, indent=2))
     (args.out / f"{args.name}.md").write_text(rendered + "\n")

@@ -148,7 +148,7 @@ def measured(
     return figures
 
 
-def limits(profile: Profile, repository: Path, scenario: Scenario, threads: int) -> dict[str, Any]:
+def limits(repository: Path, scenario: Scenario, threads: int, seconds: float) -> dict[str, Any]:
     """In-process ONNX Runtime at batch 1 and at its best batch size (swept in powers of 2)."""
     target = scenario.target(repository, batched=False)
     model = repository / scenario.model / "1" / "model.onnx"
@@ -156,7 +156,7 @@ def limits(profile: Profile, repository: Path, scenario: Scenario, threads: int)
     batch = 1
     while batch <= scenario.max_batch_size and batch <= 32:
         sweep.append(in_process(model, target, threads=threads, batch=batch,
-                                seconds=profile.in_process_s))  # fmt: skip
+                                seconds=seconds))  # fmt: skip
         batch *= 2
     best = max(sweep, key=lambda r: r["throughput_rps"])
     return {
@@ -189,7 +189,7 @@ def run(
     one = min(servers)
     for name in scenarios or profile.scenarios:
         scenario = SCENARIOS[name]
-        ceilings[name] = limit = limits(profile, repository, scenario, threads)
+        ceilings[name] = limit = limits(repository, scenario, threads, profile.in_process_s)
 
         def row(config: dict[str, Any], figures: dict[str, Any], limit: dict[str, Any] = limit,
                 name: str = name) -> None:  # fmt: skip
