@@ -39,7 +39,7 @@ def free_ports(count: int) -> list[int]:
     return ports
 
 
-def _sender(
+def sender(
     protocol: str, urls: dict[str, str], target: Target
 ) -> tuple[Callable[[np.ndarray], Awaitable[Any]], Any]:
     shape = list(target.samples.shape[1:])

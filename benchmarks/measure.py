@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.load import Target, _sender
+from benchmarks.load import Target, sender
 from benchmarks.stats import Window, stable, summarize
 
 MAX_OUTSTANDING = 2048
@@ -66,7 +66,7 @@ async def measure(plan: Plan, urls: dict[str, str], target: Target) -> dict[str,
     # for ~100 ms, which an open loop records as server latency. Long-lived objects stay out.
     gc.collect()
     gc.freeze()
-    send, client = _sender(plan.protocol, urls, target)
+    send, client = sender(plan.protocol, urls, target)
     collector = _Collector()
     samples = target.samples
     running = True

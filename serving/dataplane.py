@@ -8,10 +8,11 @@ from __future__ import annotations
 from typing import Any
 
 from serving import __version__
-from serving.config import LatestPolicy, SpecificPolicy
+from serving.config import LatestPolicy, SpecificPolicy, TensorConfig
 from serving.errors import ModelNotReadyError
 from serving.models import ModelEntry, ModelHost, ModelVersion
 from serving.protocol.datatypes import to_triton
+from serving.signature import Signature
 from serving.types import InferenceRequest, InferenceResponse
 
 SERVER_NAME = "serving"
@@ -63,14 +64,8 @@ class DataPlane:
             "name": name,
             "versions": versions,
             "platform": entry.config.platform,
-            "inputs": [
-                {"name": t.name, "datatype": t.datatype, "shape": signature.full_shape(t)}
-                for t in signature.inputs
-            ],
-            "outputs": [
-                {"name": t.name, "datatype": t.datatype, "shape": signature.full_shape(t)}
-                for t in signature.outputs
-            ],
+            "inputs": [_v2_tensor(t, signature) for t in signature.inputs],
+            "outputs": [_v2_tensor(t, signature) for t in signature.outputs],
             "parameters": {"sha256": target.sha256, **entry.config.labels}
             if version
             else dict(entry.config.labels),
@@ -101,22 +96,8 @@ class DataPlane:
             "backend": "onnxruntime",
             "version_policy": policy,
             "max_batch_size": signature.max_batch_size,
-            "input": [
-                {
-                    "name": t.name,
-                    "data_type": to_triton(t.datatype),
-                    "dims": [str(d) for d in t.dims],
-                }
-                for t in signature.inputs
-            ],
-            "output": [
-                {
-                    "name": t.name,
-                    "data_type": to_triton(t.datatype),
-                    "dims": [str(d) for d in t.dims],
-                }
-                for t in signature.outputs
-            ],
+            "input": [_triton_tensor(t) for t in signature.inputs],
+            "output": [_triton_tensor(t) for t in signature.outputs],
             "instance_group": [{"count": config.instance_count, "kind": kind}],
             "default_model_filename": config.model_filename,
             "parameters": parameters,
@@ -161,6 +142,20 @@ class DataPlane:
         if not target.ready:
             raise ModelNotReadyError(model=name, version=version, reason=target.reason)
         return target
+
+
+def _v2_tensor(tensor: TensorConfig, signature: Signature) -> dict[str, Any]:
+    """A tensor as v2 metadata shows it: the full shape, batch dim included."""
+    return {"name": tensor.name, "datatype": tensor.datatype, "shape": signature.full_shape(tensor)}
+
+
+def _triton_tensor(tensor: TensorConfig) -> dict[str, Any]:
+    """A tensor as Triton's model config shows it (int64 dims as JSON strings)."""
+    return {
+        "name": tensor.name,
+        "data_type": to_triton(tensor.datatype),
+        "dims": [str(d) for d in tensor.dims],
+    }
 
 
 def _index_rows(entry: ModelEntry) -> list[dict[str, Any]]:
