@@ -117,6 +117,10 @@ class ServerConfig(_Frozen):
     """Largest HTTP request body accepted (after decompression)."""
     grpc_max_message_bytes: PositiveInt = 128 * 1024 * 1024
     """Largest gRPC message either way; room for a 64 MiB tensor and its framing."""
+    inline_below_us: float = Field(default=100.0, ge=0)
+    """Executions expected to take less than this (µs, from each version's running average) run
+    on the event loop instead of a worker thread, whose hand-over costs about as much. 0: always
+    use worker threads."""
 
     @property
     def intra_op_threads(self) -> int:

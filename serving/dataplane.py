@@ -135,7 +135,7 @@ class DataPlane:
     ) -> InferenceResponse:
         if target is None:
             return await self.host.infer(request)
-        return await target.infer(request, self.host.executor)
+        return await target.infer(request, self.host.workers)
 
     def _ready_version(self, name: str, version: str | None) -> ModelVersion:
         target = self.host.resolve(name, version)

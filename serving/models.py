@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ from serving.errors import (
     ModelNotReadyError,
     ServingError,
 )
+from serving.execution import DEFAULT_INLINE_BELOW_S, Execution, Workers
 from serving.protocol.datatypes import numpy_dtype
 from serving.repository import ModelSource, scan, sha256_of
 from serving.runtimes.base import Runtime
@@ -61,6 +63,7 @@ class ModelVersion:
     signature: Signature | None = None
     runtime: Runtime | None = None
     stats: ModelStatistics = field(default_factory=ModelStatistics)
+    execution: Execution = field(default_factory=Execution)
     _slots: asyncio.Semaphore | None = None
     _batcher: Batcher | None = None
 
@@ -73,7 +76,7 @@ class ModelVersion:
         """Whether requests wait in a batching queue."""
         return self.config.dynamic_batching is not None
 
-    async def infer(self, request: InferenceRequest, executor: Executor) -> InferenceResponse:
+    async def infer(self, request: InferenceRequest, workers: Workers) -> InferenceResponse:
         if self.runtime is None or self.signature is None:
             raise ModelNotReadyError(
                 model=self.model, version=str(self.version), reason=self.reason
@@ -87,11 +90,11 @@ class ModelVersion:
             decoded = time.perf_counter_ns()
             if self.queues:
                 arrays, queue_s, compute_s = await self._infer_batched(
-                    feed, names, timeout_us, executor
+                    feed, names, timeout_us, workers
                 )
             else:
                 arrays, queue_s, compute_s = await self._infer_direct(
-                    feed, names, rows, timeout_us, executor, start
+                    feed, names, rows, timeout_us, workers, start
                 )
         except ServingError:
             self.stats.record_failure(time.perf_counter_ns() - start)
@@ -123,7 +126,7 @@ class ModelVersion:
         names: list[str],
         rows: int,
         timeout_us: int | None,
-        executor: Executor,
+        workers: Workers,
         start_ns: int,
     ) -> tuple[list[np.ndarray], float, float]:
         assert self.runtime is not None
@@ -134,8 +137,8 @@ class ModelVersion:
             began = time.perf_counter_ns()
             if timeout_us is not None and (began - start_ns) > timeout_us * 1000:
                 raise DeadlineExceededError(timeout_ms=timeout_us / 1000)
-            loop = asyncio.get_running_loop()
-            arrays = await loop.run_in_executor(executor, self.runtime.infer, feed, names)
+            run = partial(self.runtime.infer, feed, names)
+            arrays = await self.execution.run(workers, rows, run)
             done = time.perf_counter_ns()
         self.stats.record_execution(rows, done - began)
         return arrays, (began - queued) / 1e9, (done - began) / 1e9
@@ -145,23 +148,24 @@ class ModelVersion:
         feed: dict[str, np.ndarray],
         names: list[str],
         timeout_us: int | None,
-        executor: Executor,
+        workers: Workers,
     ) -> tuple[list[np.ndarray], float, float]:
-        batcher = self._batcher or self._start_batcher(executor)
+        batcher = self._batcher or self._start_batcher(workers)
         timeout_s = None if timeout_us is None else timeout_us / 1e6
         outcome = await batcher.submit(feed, timeout_s)
         assert self.signature is not None
         index = {name: i for i, name in enumerate(self.signature.output_names)}
         return [outcome.outputs[index[n]] for n in names], outcome.queue_s, outcome.compute_s
 
-    def _start_batcher(self, executor: Executor) -> Batcher:
+    def _start_batcher(self, workers: Workers) -> Batcher:
         runtime, signature, batching = self.runtime, self.signature, self.config.dynamic_batching
         assert runtime is not None and signature is not None and batching is not None
         all_outputs = signature.output_names
 
         async def execute(inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(executor, runtime.infer, inputs, all_outputs)
+            rows = len(next(iter(inputs.values())))
+            run = partial(runtime.infer, inputs, all_outputs)
+            return await self.execution.run(workers, rows, run)
 
         def on_batch(record: BatchRecord) -> None:
             self.stats.record_execution(record.rows, int(record.compute_s * 1e9))
@@ -201,12 +205,25 @@ class ModelEntry:
 class ModelHost:
     """Every model of a repository, loaded into this process."""
 
-    def __init__(self, entries: list[ModelEntry], executor: Executor) -> None:
+    def __init__(
+        self,
+        entries: list[ModelEntry],
+        executor: Executor,
+        *,
+        inline_below_s: float = DEFAULT_INLINE_BELOW_S,
+    ) -> None:
         self._entries = {e.name: e for e in entries}
-        self.executor = executor
+        self.workers = Workers(executor, inline_below_s)
 
     @classmethod
-    def load(cls, repository: Path, factory: RuntimeFactory, executor: Executor) -> ModelHost:
+    def load(
+        cls,
+        repository: Path,
+        factory: RuntimeFactory,
+        executor: Executor,
+        *,
+        inline_below_s: float = DEFAULT_INLINE_BELOW_S,
+    ) -> ModelHost:
         entries = [_load_model(source, repository, factory) for source in scan(repository)]
         for entry in entries:
             for v in entry.versions.values():
@@ -214,7 +231,7 @@ class ModelHost:
                     logger.error("%s version %s is UNAVAILABLE: %s", v.model, v.version, v.reason)
             if entry.error:
                 logger.error("%s is UNAVAILABLE: %s", entry.name, entry.error)
-        return cls(entries, executor)
+        return cls(entries, executor, inline_below_s=inline_below_s)
 
     @property
     def entries(self) -> list[ModelEntry]:
@@ -244,7 +261,7 @@ class ModelHost:
 
     async def infer(self, request: InferenceRequest) -> InferenceResponse:
         target = self.resolve(request.model_name, request.model_version)
-        return await target.infer(request, self.executor)
+        return await target.infer(request, self.workers)
 
     async def drain(self) -> None:
         for entry in self._entries.values():

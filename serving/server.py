@@ -49,6 +49,7 @@ def load_host(config: ServerConfig) -> ModelHost:
         Path(config.repository),
         lambda path, model: ONNXRuntime(path, providers=model.execution_providers, options=options),
         executor,
+        inline_below_s=config.inline_below_us / 1e6,
     )
 
 
