@@ -16,7 +16,7 @@ from ray import serve
 from ray.serve.config import ProxyLocation
 
 from serving.config import ServerConfig
-from serving.server import ReplicaServer
+from serving.server import ReplicaServer, normal_priority
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +33,7 @@ class Server:
     """One server replica."""
 
     def __init__(self, config: ServerConfig) -> None:
+        normal_priority()  # before any thread starts: threads inherit it
         self._server = ReplicaServer(config)
         self._server.start()
         logger.info(
@@ -84,6 +85,9 @@ def connect(
                 num_cpus=num_cpus or os.cpu_count(),
                 include_dashboard=False,
                 logging_level=logging.WARNING,
+                # Ray starts workers at nice 15, for batch jobs; a server replica at nice 15
+                # loses the CPU to any normal process, its own clients included.
+                _system_config={"worker_niceness": 0},
             )
     if proxy is None:
         serve.start(proxy_location=ProxyLocation.Disabled)
@@ -120,12 +124,17 @@ def deploy_behind_proxy(config: ServerConfig, *, name: str = "serving-proxied") 
     """
 
     def builder() -> Any:  # Ray Serve calls a plain function to build the app on the replica
+        normal_priority()
         return _proxied_app(config)
 
     ingress = serve.ingress(builder)
     deployment = serve.deployment(name="ProxiedServer")(ingress(ProxiedServer))
     app = deployment.options(
-        num_replicas=config.replicas, ray_actor_options={"num_cpus": config.replica_cpus}
+        num_replicas=config.replicas,
+        ray_actor_options={"num_cpus": config.replica_cpus},
+        # Ray Serve's default (5) makes its router back off and retry under any real
+        # concurrency; measured at its best instead.
+        max_ongoing_requests=1024,
     ).bind()
     return serve.run(app, name=name, route_prefix="/")
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -36,6 +37,25 @@ def shared_socket(host: str, port: int) -> socket.socket:
     sock.listen(2048)
     sock.setblocking(False)
     return sock
+
+
+def normal_priority() -> None:
+    """Run the calling thread, and the threads it starts, at nice 0 where it runs nicer.
+
+    Ray starts workers at nice 15 unless its nodes set ``RAY_worker_niceness=0`` (the embedded
+    Ray does). Raising priority needs CAP_SYS_NICE; without it the replica says so and carries on.
+    """
+    current = os.getpriority(os.PRIO_PROCESS, 0)
+    if current <= 0:
+        return
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, 0)  # on Linux: this thread
+    except PermissionError:
+        logger.warning(
+            "replica runs at nice %d and may not lower it; any busy process on the node will "
+            "take the CPU from it. Start the Ray nodes with RAY_worker_niceness=0.",
+            current,
+        )
 
 
 def _address(host: str, port: int) -> str:

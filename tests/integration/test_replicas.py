@@ -9,6 +9,7 @@ import httpx
 import orjson
 import pytest
 import ray
+from ray import serve
 
 from serving import deployment
 from tests.integration.conftest import start_server
@@ -69,3 +70,22 @@ def test_killed_replica_is_replaced_and_serving_continues(two_replicas) -> None:
         if statuses == {200}:
             break
     assert statuses == {200}
+
+
+def thread_niceness(pid: int) -> list[int]:
+    """The nice value of each thread of ``pid`` (Linux keeps one per thread)."""
+    values = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        values.append(int(fields[16]))  # field 19 of stat: nice
+    return values
+
+
+def test_replica_serves_at_normal_priority(two_replicas) -> None:  # type: ignore[no-untyped-def]
+    """Ray starts workers at nice 15, which lets any busy process (a client on the same node
+    included) starve a replica; every thread of a replica under the embedded Ray runs at 0."""
+    handle = serve.get_app_handle(two_replicas.app)
+    pid = handle.endpoints.remote().result(timeout_s=30)["pid"]
+    niceness = thread_niceness(pid)
+    assert len(niceness) > 3  # the serving loop, gRPC and ONNX Runtime threads are there
+    assert set(niceness) == {0}, niceness
