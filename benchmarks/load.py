@@ -15,7 +15,7 @@ import numpy as np
 
 from benchmarks.stats import summarize
 
-PROTOCOLS = ("http_json", "http_binary", "grpc")
+PROTOCOLS = ("http_json", "http_binary", "grpc", "grpc_tritonclient")
 
 
 @dataclass(frozen=True)
@@ -41,17 +41,28 @@ def free_ports(count: int) -> list[int]:
 
 def sender(
     protocol: str, urls: dict[str, str], target: Target
-) -> tuple[Callable[[np.ndarray], Awaitable[Any]], Any]:
-    shape = list(target.samples.shape[1:])
+) -> tuple[Callable[[int], Awaitable[Any]], Any]:
+    """``send(index)`` sends sample ``index`` (modulo the sample count); and the client to close.
+
+    ``grpc`` works as perf_analyzer does: each sample's ``ModelInferRequest`` is encoded once up
+    front and sent on a plain ``grpc.aio`` stub, and every answer is parsed and checked, so the
+    load generator's Python costs the server as little CPU as it can on a shared machine.
+    ``grpc_tritonclient`` and the HTTP protocols build every request through tritonclient's
+    asyncio clients, as an application would.
+    """
+    samples = target.samples
+    shape = list(samples.shape[1:])
+    if protocol == "grpc":
+        return _grpc_encoded(urls["grpc"], target)
     if protocol.startswith("http"):
         import tritonclient.http.aio as module
 
         client: Any = module.InferenceServerClient(urls["http"], conn_limit=256)
         binary = protocol == "http_binary"
 
-        async def send(sample: np.ndarray) -> Any:
+        async def send(index: int) -> Any:
             tensor = module.InferInput(target.input_name, shape, target.datatype)
-            tensor.set_data_from_numpy(sample, binary_data=binary)
+            tensor.set_data_from_numpy(samples[index % len(samples)], binary_data=binary)
             wanted = [module.InferRequestedOutput(n, binary_data=binary) for n in target.outputs]
             return await client.infer(target.model, [tensor], outputs=wanted)
 
@@ -60,12 +71,53 @@ def sender(
 
     client = grpc_module.InferenceServerClient(urls["grpc"])
 
-    async def send_grpc(sample: np.ndarray) -> Any:
+    async def send_grpc(index: int) -> Any:
         tensor = grpc_module.InferInput(target.input_name, shape, target.datatype)
-        tensor.set_data_from_numpy(sample)
+        tensor.set_data_from_numpy(samples[index % len(samples)])
         return await client.infer(target.model, [tensor])
 
     return send_grpc, client
+
+
+class _Channel:
+    """What ``measure`` closes: a grpc.aio channel."""
+
+    def __init__(self, channel: Any) -> None:
+        self._channel = channel
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+
+def _grpc_encoded(url: str, target: Target) -> tuple[Callable[[int], Awaitable[Any]], Any]:
+    import grpc
+    from tritonclient.grpc import service_pb2
+
+    encoded = []
+    for sample in target.samples:
+        message = service_pb2.ModelInferRequest(model_name=target.model)
+        tensor = message.inputs.add(name=target.input_name, datatype=target.datatype)
+        tensor.shape.extend(sample.shape)
+        message.raw_input_contents.append(np.ascontiguousarray(sample).tobytes())
+        encoded.append(message.SerializeToString())
+    channel = grpc.aio.insecure_channel(
+        url,
+        options=[("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)],
+    )
+    call = channel.unary_unary(
+        "/inference.GRPCInferenceService/ModelInfer",
+        request_serializer=None,  # already bytes
+        response_deserializer=service_pb2.ModelInferResponse.FromString,
+    )
+    wanted = set(target.outputs)
+
+    async def send(index: int) -> Any:
+        response = await call(encoded[index % len(encoded)])
+        if {o.name for o in response.outputs} < wanted or not response.raw_output_contents:
+            raise RuntimeError(f"incomplete answer from {target.model}: {response.outputs}")
+        return response
+
+    return send, _Channel(channel)
 
 
 def in_process(

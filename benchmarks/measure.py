@@ -49,7 +49,7 @@ class _Collector:
     errors: dict[str, int] = field(default_factory=dict)
 
     def error(self, exc: BaseException) -> None:
-        status = getattr(exc, "status", None)
+        status = getattr(exc, "status", None) or getattr(exc, "code", None)  # tritonclient, grpc
         kind = str(status()) if callable(status) and status() else type(exc).__name__
         self.errors[kind] = self.errors.get(kind, 0) + 1
 
@@ -68,13 +68,12 @@ async def measure(plan: Plan, urls: dict[str, str], target: Target) -> dict[str,
     gc.freeze()
     send, client = sender(plan.protocol, urls, target)
     collector = _Collector()
-    samples = target.samples
     running = True
     outstanding: set[asyncio.Task[None]] = set()
 
     async def timed(index: int, started: float) -> None:
         try:
-            await send(samples[index % len(samples)])
+            await send(index)
             collector.latencies.append(time.perf_counter() - started)
         except Exception as exc:
             collector.error(exc)

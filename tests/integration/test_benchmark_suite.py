@@ -10,8 +10,8 @@ from benchmarks.suite import Profile, run
 from tests.integration.conftest import Server
 
 TINY = Profile(
-    "tiny", ("digits",), ("http_binary", "grpc"), (1, 2), window_s=0.3, max_windows=3,
-    warmup_s=0.1, goodput_probes=3, replicas=(1,), in_process_s=0.2,
+    "tiny", ("digits",), ("http_binary", "grpc", "grpc_tritonclient"), (1, 2), window_s=0.3,
+    max_windows=3, warmup_s=0.1, goodput_probes=3, replicas=(1,), in_process_s=0.2,
 )  # fmt: skip
 
 
@@ -28,13 +28,15 @@ def test_quick_profile_writes_consistent_reports(server: Server, tmp_path: Path)
     rows = report["rows"]
     closed = [r for r in rows if r["mode"] == "closed"]
     opened = [r for r in rows if r["mode"] == "open"]
-    assert len(closed) == 2 * 2 + 1  # protocols x concurrency, plus batching on
+    assert len(closed) == 3 * 2 + 1  # protocols x concurrency, plus batching on
+    assert {r["protocol"] for r in closed} == set(TINY.protocols)
     assert len(opened) == len(report["goodput"][0]["probes"]) <= TINY.goodput_probes
     for row in rows:
         assert row["requests"] > 0 and row["throughput_rps"] > 0
         assert row["p50_ms"] <= row["p90_ms"] <= row["p95_ms"] <= row["p99_ms"] <= row["max_ms"]
         assert 1 <= row["windows"] <= TINY.max_windows
         assert row["vs_best"] <= row["vs_batch1"]
+    assert all(r["error_count"] == 0 for r in closed), [r["errors"] for r in closed]
     batched = [r for r in closed if r["batching"] == "on"]
     assert batched[0]["rows_per_execution"] >= 1
     limit = report["in_process"]["digits"]
