@@ -22,6 +22,12 @@ logger = logging.getLogger(__name__)
 
 DEPLOYMENT_NAME = "Server"
 
+REPLICA_ENV = {"env_vars": {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0"}}
+"""The replica's servers run on the actor's own event loop, where Ray Serve also runs its
+internal grpc.aio server. grpc.aio wakes every loop that uses it in a process through one
+shared socket and forwards each event to its loop: with the servers on a second loop, half the
+wake-ups land on the wrong loop and bounce back (digits over gRPC lost ~20% of its throughput)."""
+
 
 @serve.deployment(
     name=DEPLOYMENT_NAME,
@@ -32,10 +38,10 @@ DEPLOYMENT_NAME = "Server"
 class Server:
     """One server replica."""
 
-    def __init__(self, config: ServerConfig) -> None:
+    async def __init__(self, config: ServerConfig) -> None:  # type: ignore[misc]  # Serve awaits it
         normal_priority()  # before any thread starts: threads inherit it
         self._server = ReplicaServer(config)
-        self._server.start()
+        await self._server.start_in_loop()
         logger.info(
             "replica serving HTTP on %s:%s, gRPC on %s",
             config.host, self._server.http_port, self._server.grpc_port,
@@ -52,16 +58,16 @@ class Server:
             "grpc_port": self._server.grpc_port,
         }
 
-    def __del__(self) -> None:
+    async def __del__(self) -> None:
         server = getattr(self, "_server", None)
         if server is not None:
-            server.stop()
+            await server.stop_in_loop()
 
 
 def build(config: ServerConfig) -> serve.Application:
     return Server.options(  # type: ignore[attr-defined,no-any-return]
         num_replicas=config.replicas,
-        ray_actor_options={"num_cpus": config.replica_cpus},
+        ray_actor_options={"num_cpus": config.replica_cpus, "runtime_env": REPLICA_ENV},
     ).bind(config)
 
 

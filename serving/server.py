@@ -12,6 +12,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -74,21 +75,22 @@ def load_host(config: ServerConfig) -> ModelHost:
 
 
 class ReplicaServer:
-    """A replica's model host and its HTTP and gRPC servers, on a private event loop thread."""
+    """A replica's model host and its HTTP and gRPC servers: on the caller's running event loop
+    (``start_in_loop``, what a Ray Serve replica does) or on a private loop thread (``start``)."""
 
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         self.host = load_host(config)
         self.dataplane = DataPlane(self.host)
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._uvicorn: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
+        self._task: asyncio.Task[None] | None = None
         self._started = threading.Event()
         self._error: BaseException | None = None
         self.http_port: int | None = None
         self.grpc_port: int | None = None
 
-    def start(self, timeout_s: float = 30.0) -> None:
+    def _prepare(self) -> socket.socket:
         http_socket = shared_socket(self.config.host, self.config.http_port)
         self.http_port = http_socket.getsockname()[1]
         app = build_app(self.dataplane, max_request_bytes=self.config.max_request_bytes)
@@ -103,6 +105,31 @@ class ReplicaServer:
             backlog=2048,
         )
         self._uvicorn = uvicorn.Server(uv_config)
+        return http_socket
+
+    async def start_in_loop(self, timeout_s: float = 30.0) -> None:
+        """Serve on the running loop; returns once both servers listen."""
+        self._task = asyncio.create_task(self._serve(self._prepare()))
+        deadline = time.monotonic() + timeout_s
+        while not self._started.is_set():
+            if self._task.done():
+                raise RuntimeError("servers failed to start") from self._task.exception()
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"servers did not start within {timeout_s} s")
+            await asyncio.sleep(0.01)
+
+    async def stop_in_loop(self, timeout_s: float = 10.0) -> None:
+        if self._uvicorn is not None:
+            self._uvicorn.should_exit = True
+        if self._task is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._task, timeout_s)
+        with contextlib.suppress(Exception):
+            self.host.close()
+
+    def start(self, timeout_s: float = 30.0) -> None:
+        """Serve on a private uvloop thread; returns once both servers listen."""
+        http_socket = self._prepare()
         self._thread = threading.Thread(
             target=self._run, args=(http_socket,), name="serving-loop", daemon=True
         )
@@ -119,7 +146,6 @@ class ReplicaServer:
             loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
         except ImportError:  # pragma: no cover - uvloop ships with uvicorn[standard]
             loop = asyncio.new_event_loop()
-        self._loop = loop
         asyncio.set_event_loop(loop)
         try:
             loop.run_until_complete(self._serve(http_socket))
@@ -153,6 +179,8 @@ class ReplicaServer:
 
     @property
     def alive(self) -> bool:
+        if self._task is not None:
+            return not self._task.done()
         return self._thread is not None and self._thread.is_alive() and self._error is None
 
     def stop(self, timeout_s: float = 10.0) -> None:
