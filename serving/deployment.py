@@ -41,7 +41,7 @@ class Server:
     async def __init__(self, config: ServerConfig) -> None:  # type: ignore[misc]  # Serve awaits it
         normal_priority()  # before any thread starts: threads inherit it
         self._server = ReplicaServer(config)
-        await self._server.start_in_loop()
+        await self._server.start()
         logger.info(
             "replica serving HTTP on %s:%s, gRPC on %s",
             config.host, self._server.http_port, self._server.grpc_port,
@@ -61,7 +61,7 @@ class Server:
     async def __del__(self) -> None:
         server = getattr(self, "_server", None)
         if server is not None:
-            await server.stop_in_loop()
+            await server.stop()
 
 
 def build(config: ServerConfig) -> serve.Application:

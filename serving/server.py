@@ -1,7 +1,10 @@
-"""Runs a replica's network servers on an event loop of their own, in a background thread.
+"""Runs a replica's network servers (uvicorn for HTTP, grpc.aio for gRPC) on its event loop.
 
-The sockets are bound with SO_REUSEPORT so several replicas on one node share the ports and the
-kernel spreads connections over them. Nothing here imports Ray.
+In a Ray Serve replica that loop is the actor's own, where Ray Serve also runs its internal
+grpc.aio server: grpc.aio serves every loop of a process from one poller thread and one wake-up
+socket, so a second loop would have to hand half of each other's events across. The sockets are
+bound with SO_REUSEPORT so several replicas on one node share the ports and the kernel spreads
+connections over them. Nothing here imports Ray.
 """
 
 from __future__ import annotations
@@ -11,8 +14,6 @@ import contextlib
 import logging
 import os
 import socket
-import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -75,18 +76,15 @@ def load_host(config: ServerConfig) -> ModelHost:
 
 
 class ReplicaServer:
-    """A replica's model host and its HTTP and gRPC servers: on the caller's running event loop
-    (``start_in_loop``, what a Ray Serve replica does) or on a private loop thread (``start``)."""
+    """A replica's model host and its HTTP and gRPC servers, on the caller's event loop."""
 
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         self.host = load_host(config)
         self.dataplane = DataPlane(self.host)
         self._uvicorn: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
         self._task: asyncio.Task[None] | None = None
-        self._started = threading.Event()
-        self._error: BaseException | None = None
+        self._started = asyncio.Event()
         self.http_port: int | None = None
         self.grpc_port: int | None = None
 
@@ -107,18 +105,21 @@ class ReplicaServer:
         self._uvicorn = uvicorn.Server(uv_config)
         return http_socket
 
-    async def start_in_loop(self, timeout_s: float = 30.0) -> None:
+    async def start(self, timeout_s: float = 30.0) -> None:
         """Serve on the running loop; returns once both servers listen."""
         self._task = asyncio.create_task(self._serve(self._prepare()))
-        deadline = time.monotonic() + timeout_s
-        while not self._started.is_set():
-            if self._task.done():
+        self._task.add_done_callback(_log_failure)
+        started = asyncio.create_task(self._started.wait())
+        done, _ = await asyncio.wait(
+            {started, self._task}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED
+        )
+        if not self._started.is_set():
+            started.cancel()
+            if self._task in done:
                 raise RuntimeError("servers failed to start") from self._task.exception()
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"servers did not start within {timeout_s} s")
-            await asyncio.sleep(0.01)
+            raise TimeoutError(f"servers did not start within {timeout_s} s")
 
-    async def stop_in_loop(self, timeout_s: float = 10.0) -> None:
+    async def stop(self, timeout_s: float = 10.0) -> None:
         if self._uvicorn is not None:
             self._uvicorn.should_exit = True
         if self._task is not None:
@@ -126,35 +127,6 @@ class ReplicaServer:
                 await asyncio.wait_for(self._task, timeout_s)
         with contextlib.suppress(Exception):
             self.host.close()
-
-    def start(self, timeout_s: float = 30.0) -> None:
-        """Serve on a private uvloop thread; returns once both servers listen."""
-        http_socket = self._prepare()
-        self._thread = threading.Thread(
-            target=self._run, args=(http_socket,), name="serving-loop", daemon=True
-        )
-        self._thread.start()
-        if not self._started.wait(timeout_s):
-            raise TimeoutError(f"servers did not start within {timeout_s} s")
-        if self._error is not None:
-            raise RuntimeError("servers failed to start") from self._error
-
-    def _run(self, http_socket: socket.socket) -> None:
-        try:
-            import uvloop
-
-            loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
-        except ImportError:  # pragma: no cover - uvloop ships with uvicorn[standard]
-            loop = asyncio.new_event_loop()
-        asyncio.set_event_loop(loop)
-        try:
-            loop.run_until_complete(self._serve(http_socket))
-        except BaseException as error:
-            self._error = error
-            logger.exception("replica servers stopped with an error")
-        finally:
-            self._started.set()
-            loop.close()
 
     async def _serve(self, http_socket: socket.socket) -> None:
         assert self._uvicorn is not None
@@ -179,14 +151,9 @@ class ReplicaServer:
 
     @property
     def alive(self) -> bool:
-        if self._task is not None:
-            return not self._task.done()
-        return self._thread is not None and self._thread.is_alive() and self._error is None
+        return self._task is not None and not self._task.done()
 
-    def stop(self, timeout_s: float = 10.0) -> None:
-        if self._uvicorn is not None:
-            self._uvicorn.should_exit = True
-        if self._thread is not None:
-            self._thread.join(timeout_s)
-        with contextlib.suppress(Exception):
-            self.host.close()
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("replica servers stopped with an error", exc_info=task.exception())
