@@ -7,7 +7,6 @@ search for SLO goodput. ``run`` measures a profile against running servers and r
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import shutil
 from collections.abc import Callable
@@ -19,7 +18,7 @@ import numpy as np
 import yaml
 
 from benchmarks.load import Target, in_process
-from benchmarks.measure import Plan, measure, server_breakdown
+from benchmarks.measure import Plan, measure_apart, server_breakdown
 from benchmarks.stats import goodput_search
 
 logger = logging.getLogger(__name__)
@@ -136,7 +135,7 @@ def measured(
     server measured) when it answers for this traffic."""
     stats = stats_url or urls["http"]
     before = _statistics(stats, target.model)
-    figures = asyncio.run(measure(plan, urls, target))
+    figures = measure_apart(plan, urls, target)
     after = _statistics(stats, target.model)
     breakdown = server_breakdown(before, after)
     if stats_url is not None:  # another server's counters say nothing about this traffic

@@ -105,7 +105,7 @@ class ModelVersion:
             raise InternalError(
                 f"inference failed in model '{self.model}' version {self.version}"
             ) from None
-        types = {t.name: t.datatype for t in self.signature.outputs}
+        types = self.signature.output_types
         outputs = [Tensor(n, types[n], a) for n, a in zip(names, arrays, strict=True)]
         finished = time.perf_counter_ns()
         self.stats.compute_input.add(decoded - start)

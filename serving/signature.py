@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from serving.config import DEFAULT_MAX_BATCH_SIZE, ModelConfig, TensorConfig
 from serving.errors import InvalidInputError
@@ -15,6 +15,19 @@ class Signature:
     max_batch_size: int
     inputs: tuple[TensorConfig, ...]
     outputs: tuple[TensorConfig, ...]
+    # Derived once, read on every request.
+    inputs_by_name: dict[str, TensorConfig] = field(init=False, repr=False, compare=False)
+    input_shapes: dict[str, tuple[int, ...]] = field(init=False, repr=False, compare=False)
+    output_types: dict[str, str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        derived = {
+            "inputs_by_name": {t.name: t for t in self.inputs},
+            "input_shapes": {t.name: tuple(self.full_shape(t)) for t in self.inputs},
+            "output_types": {t.name: t.datatype for t in self.outputs},
+        }
+        for name, value in derived.items():
+            object.__setattr__(self, name, value)
 
     def full_shape(self, tensor: TensorConfig) -> list[int]:
         """The shape a client sees: the batch dim (-1) first when the model batches."""
@@ -22,7 +35,7 @@ class Signature:
 
     @property
     def output_names(self) -> list[str]:
-        return [t.name for t in self.outputs]
+        return list(self.output_types)
 
 
 class SignatureError(ValueError):
@@ -85,7 +98,7 @@ def _merge(
 
 def validate(request: InferenceRequest, signature: Signature, model: str) -> list[str]:
     """Check ``request`` against ``signature``; return the output names to compute."""
-    expected = {t.name: t for t in signature.inputs}
+    expected = signature.inputs_by_name
     seen: set[str] = set()
     for tensor in request.inputs:
         spec = expected.get(tensor.name)
@@ -102,7 +115,7 @@ def validate(request: InferenceRequest, signature: Signature, model: str) -> lis
                 f"input '{tensor.name}' has datatype {tensor.datatype}, model '{model}' "
                 f"expects {spec.datatype}"
             )
-        _check_shape(tensor.name, tensor.shape, spec, signature)
+        _check_shape(tensor.name, tensor.shape, signature)
     missing = [name for name in expected if name not in seen]
     if missing:
         raise InvalidInputError(f"missing input(s) for model '{model}': {', '.join(missing)}")
@@ -110,7 +123,7 @@ def validate(request: InferenceRequest, signature: Signature, model: str) -> lis
     if request.outputs is None:
         return signature.output_names
     names = []
-    known = set(signature.output_names)
+    known = signature.output_types
     for output in request.outputs:
         if output.name not in known:
             raise InvalidInputError(
@@ -122,15 +135,13 @@ def validate(request: InferenceRequest, signature: Signature, model: str) -> lis
     return names
 
 
-def _check_shape(
-    name: str, shape: tuple[int, ...], spec: TensorConfig, signature: Signature
-) -> None:
-    full = signature.full_shape(spec)
+def _check_shape(name: str, shape: tuple[int, ...], signature: Signature) -> None:
+    full = signature.input_shapes[name]
     if len(shape) != len(full) or any(
         want != -1 and got != want for got, want in zip(shape, full, strict=False)
     ):
         raise InvalidInputError(
-            f"input '{name}' has shape {list(shape)}, model expects {full} (-1: any size)"
+            f"input '{name}' has shape {list(shape)}, model expects {list(full)} (-1: any size)"
         )
     if signature.max_batch_size > 0:
         batch = shape[0]

@@ -36,6 +36,8 @@ CONTENTS_FIELD = {
 
 
 def parameters_to_dict(parameters: Any) -> dict[str, Any]:
+    if not parameters:
+        return {}
     values: dict[str, Any] = {}
     for key, parameter in parameters.items():
         choice = parameter.WhichOneof("parameter_choice")
@@ -63,8 +65,8 @@ def decode_request(message: pb.ModelInferRequest) -> InferenceRequest:
         )
     inputs = []
     for index, item in enumerate(message.inputs):
-        shape = tuple(int(d) for d in item.shape)
-        if any(d < 0 for d in shape):
+        shape = tuple(item.shape)
+        if shape and min(shape) < 0:
             raise InvalidInputError(f"input '{item.name}': shape {list(shape)} has a negative dim")
         if raw_contents:
             data = raw.decode(item.name, item.datatype, shape, raw_contents[index])

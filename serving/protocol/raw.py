@@ -7,6 +7,7 @@ length followed by that many bytes.
 from __future__ import annotations
 
 import struct
+import sys
 
 import numpy as np
 
@@ -14,6 +15,7 @@ from serving.errors import InvalidInputError
 from serving.protocol.datatypes import element_count, numpy_dtype
 
 _LENGTH = struct.Struct("<I")
+_BIG_ENDIAN_HOST = sys.byteorder == "big"
 
 
 def decode(
@@ -67,5 +69,6 @@ def encode(data: np.ndarray, datatype: str) -> bytes:
             parts.append(_LENGTH.pack(len(raw)))
             parts.append(raw)
         return b"".join(parts)
-    little = data.astype(data.dtype.newbyteorder("<"), copy=False)
-    return np.ascontiguousarray(little).tobytes()
+    if data.dtype.byteorder == ">" or (data.dtype.byteorder == "=" and _BIG_ENDIAN_HOST):
+        data = data.astype(data.dtype.newbyteorder("<"))
+    return data.tobytes()  # row-major, whatever the array's strides
