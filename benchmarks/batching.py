@@ -66,7 +66,8 @@ def main() -> None:
     ceilings: dict[str, dict[str, Any]] = {}
     for model in args.models:
         ceilings[model] = best = limits(repository, SCENARIOS[model], config.intra_op_threads, 3.0)
-        results.append({"model": model, "batching": f"in-process ORT, batch {best['best_batch']}",
+        shown = f"in-process ORT, batch {best['best_batch']}, {best['best_layout']}"
+        results.append({"model": model, "batching": shown,
                         "concurrency": "-", "throughput_rps": best["best_rps"],
                         "vs_in_process": 1.0, "error_count": 0})  # fmt: skip
 

@@ -38,11 +38,11 @@ def markdown(result: dict[str, Any]) -> str:
                 else f"{row['rate']:.0f} req/s open")  # fmt: skip
         shown.append({**row, "load": load})
     lines = [table(shown, COLUMNS, text_columns=6)]
-    lines += ["", "| scenario | in-process ORT batch 1 req/s | best batch | best req/s |",
-              "|---|---:|---:|---:|"]  # fmt: skip
+    lines += ["", "| scenario | in-process ORT batch 1 req/s | best batch | best layout "
+              "| best req/s |", "|---|---:|---:|---|---:|"]  # fmt: skip
     for name, limit in result["in_process"].items():
         lines.append(f"| {name} | {limit['batch1_rps']:.1f} | {limit['best_batch']} "
-                     f"| {limit['best_rps']:.1f} |")  # fmt: skip
+                     f"| {limit.get('best_layout', '-')} | {limit['best_rps']:.1f} |")  # fmt: skip
     lines += ["", "| scenario | SLO goodput (p99 ≤ bound), req/s | bound ms | p99 ms there "
               "| ÷ ORT best batch | ÷ closed-loop saturation | probes |",
               "|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip

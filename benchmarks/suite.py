@@ -35,6 +35,9 @@ class Scenario:
     max_batch_size: int
     make_samples: Callable[[Path], np.ndarray]
     """[n, 1, ...] samples, one per request, given the repository."""
+    batched_instances: int = 1
+    """``instance_count`` of the batched twin: concurrent batches, each on its share of the
+    replica's cores (2 on the 2-core reference machine: one ORT thread per batch)."""
 
     def target(self, repository: Path, *, batched: bool) -> Target:
         model = f"batched_{self.model}" if batched else self.model
@@ -59,8 +62,12 @@ SCENARIOS = {
     "digits": Scenario(
         "digits", "digits", "input", "FP32", ("probabilities", "label"), 64, _digits
     ),
-    "resnet18": Scenario("resnet18", "resnet18", "input", "FP32", ("logits",), 16, _images),
-    "bert": Scenario("bert", "bert", "input_ids", "INT64", ("pooled",), 32, _tokens),
+    "resnet18": Scenario(
+        "resnet18", "resnet18", "input", "FP32", ("logits",), 8, _images, batched_instances=2
+    ),
+    "bert": Scenario(
+        "bert", "bert", "input_ids", "INT64", ("pooled",), 32, _tokens, batched_instances=2
+    ),
 }
 
 
@@ -113,7 +120,8 @@ def build_repository(root: Path, scenarios: tuple[str, ...]) -> Path:
         (model_dir / "config.yaml").write_text(yaml.safe_dump(plain))
         twin = root / f"batched_{scenario.model}"
         shutil.copytree(model_dir / "1", twin / "1")
-        batched = {**plain, "dynamic_batching": {"max_queue_delay_ms": 0}}
+        batched = {**plain, "dynamic_batching": {"max_queue_delay_ms": 0},
+                   "instance_count": scenario.batched_instances}  # fmt: skip
         (twin / "config.yaml").write_text(yaml.safe_dump(batched))
     return root
 
@@ -150,23 +158,30 @@ def measured(
 
 
 def limits(repository: Path, scenario: Scenario, threads: int, seconds: float) -> dict[str, Any]:
-    """In-process ONNX Runtime at batch 1 and at its best batch size (swept in powers of 2)."""
+    """In-process ONNX Runtime at batch 1 and at its best: batch sizes swept in powers of 2, with
+    one session using all ``threads`` and with ``threads`` concurrent single-threaded runs (what
+    a twin with ``instance_count`` > 1 does), whichever is faster."""
     target = scenario.target(repository, batched=False)
     model = repository / scenario.model / "1" / "model.onnx"
+    layouts = [(threads, 1)] + ([(1, threads)] if threads > 1 else [])
     sweep = []
-    batch = 1
-    while batch <= scenario.max_batch_size and batch <= 32:
-        sweep.append(in_process(model, target, threads=threads, batch=batch,
-                                seconds=seconds))  # fmt: skip
-        batch *= 2
+    for intra, concurrent in layouts:
+        batch = 1
+        while batch <= scenario.max_batch_size and batch <= 32:
+            figures = in_process(model, target, threads=intra, batch=batch,
+                                 concurrency=concurrent, seconds=seconds)  # fmt: skip
+            sweep.append({**figures, "layout": f"{concurrent} x {intra} threads"})
+            batch *= 2
     best = max(sweep, key=lambda r: r["throughput_rps"])
     return {
         "batch1_rps": sweep[0]["throughput_rps"],
         "batch1_p50_ms": sweep[0]["p50_ms"],
         "best_batch": best["batch"],
+        "best_layout": best["layout"],
         "best_rps": best["throughput_rps"],
         "sweep": [
-            {k: r[k] for k in ("batch", "throughput_rps", "p50_ms", "p99_ms")} for r in sweep
+            {k: r[k] for k in ("layout", "batch", "throughput_rps", "p50_ms", "p99_ms")}
+            for r in sweep
         ],
     }
 

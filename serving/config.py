@@ -87,7 +87,8 @@ class ModelConfig(_Frozen):
     version_policy: VersionPolicy = LatestPolicy(latest=1)
     """Which version directories to serve: ``all``, ``{latest: N}`` or ``{specific: [..]}``."""
     instance_count: PositiveInt = 1
-    """How many inferences (or batches) of one version may run at once in a replica."""
+    """How many inferences (or batches) of one version may run at once in a replica; each runs
+    on ``replica_cpus / instance_count`` ONNX Runtime threads (at least one)."""
     dynamic_batching: DynamicBatching | None = None
     """Batch concurrent requests together; off when left out. Needs ``max_batch_size > 0``."""
     execution_providers: tuple[Provider, ...] = ("tensorrt", "cuda", "cpu")
@@ -125,3 +126,8 @@ class ServerConfig(_Frozen):
     @property
     def intra_op_threads(self) -> int:
         return max(1, round(self.replica_cpus))
+
+    def threads_per_instance(self, model: ModelConfig) -> int:
+        """ONNX Runtime threads for each of a model's concurrent executions: the replica's CPUs
+        shared among its ``instance_count`` executions, at least one."""
+        return max(1, round(self.replica_cpus / model.instance_count))

@@ -65,11 +65,15 @@ def _address(host: str, port: int) -> str:
 
 
 def load_host(config: ServerConfig) -> ModelHost:
-    options = SessionOptions(intra_op_threads=config.intra_op_threads)
-    executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="infer")
+    # Idle threads cost nothing; executions beyond the pool's size would queue behind it.
+    executor = ThreadPoolExecutor(max_workers=16, thread_name_prefix="infer")
     return ModelHost.load(
         Path(config.repository),
-        lambda path, model: ONNXRuntime(path, providers=model.execution_providers, options=options),
+        lambda path, model: ONNXRuntime(
+            path,
+            providers=model.execution_providers,
+            options=SessionOptions(intra_op_threads=config.threads_per_instance(model)),
+        ),
         executor,
         inline_below_s=config.inline_below_us / 1e6,
     )

@@ -17,7 +17,7 @@ TINY = Profile(
 
 def test_quick_profile_writes_consistent_reports(server: Server, tmp_path: Path) -> None:
     servers = {1: {"http": server.http_url, "grpc": server.grpc_url}}
-    result = run(TINY, server.repository, servers, threads=1)
+    result = run(TINY, server.repository, servers, threads=2)
     files = write(result, tmp_path, "tiny", {"profile": "tiny"})
     names = {f.name for f in files}
     assert names == {"tiny.json", "tiny.md", "tiny-digits.png"}
@@ -41,6 +41,9 @@ def test_quick_profile_writes_consistent_reports(server: Server, tmp_path: Path)
     assert batched[0]["rows_per_execution"] >= 1
     limit = report["in_process"]["digits"]
     assert limit["best_rps"] >= limit["batch1_rps"] > 0
+    layouts = {r["layout"] for r in limit["sweep"]}
+    assert layouts == {"1 x 2 threads", "2 x 1 threads"}  # one session on both, or two on one
+    assert limit["best_rps"] == max(r["throughput_rps"] for r in limit["sweep"])
     goodput = report["goodput"][0]
     assert goodput["bound_ms"] == 100.0
     if goodput["goodput_rps"] > 0:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from serving.config import LatestPolicy, SpecificPolicy
+from serving.config import LatestPolicy, ModelConfig, ServerConfig, SpecificPolicy
 from serving.repository import load_config, parse_pbtxt, scan
 
 
@@ -132,3 +132,14 @@ def test_pbtxt_for_another_platform_is_refused() -> None:
 def test_pbtxt_syntax_error_names_the_file() -> None:
     with pytest.raises(ValueError, match=r"config\.pbtxt"):
         parse_pbtxt("max_batch_size: {")
+
+
+@pytest.mark.parametrize(
+    ("replica_cpus", "instances", "threads"),
+    [(2.0, 1, 2), (2.0, 2, 1), (4.0, 2, 2), (1.0, 4, 1), (8.0, 3, 3)],
+)
+def test_each_instance_gets_its_share_of_the_replica_cpus(
+    replica_cpus: float, instances: int, threads: int
+) -> None:
+    server = ServerConfig(repository=Path("."), replica_cpus=replica_cpus)
+    assert server.threads_per_instance(ModelConfig(instance_count=instances)) == threads
