@@ -43,12 +43,13 @@ def markdown(result: dict[str, Any]) -> str:
     for name, limit in result["in_process"].items():
         lines.append(f"| {name} | {limit['batch1_rps']:.1f} | {limit['best_batch']} "
                      f"| {limit.get('best_layout', '-')} | {limit['best_rps']:.1f} |")  # fmt: skip
-    lines += ["", "| scenario | SLO goodput (p99 ≤ bound), req/s | bound ms | p99 ms there "
-              "| ÷ ORT best batch | ÷ closed-loop saturation | probes |",
-              "|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    lines += ["", "| scenario | SLO goodput (p99 ≤ bound), answered req/s | offered req/s "
+              "| bound ms | p99 ms there | ÷ ORT best batch | ÷ closed-loop saturation | probes |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
     for entry in result["goodput"]:
         lines.append(
-            f"| {entry['scenario']} | {entry['goodput_rps']:.1f} | {entry['bound_ms']:g} "
+            f"| {entry['scenario']} | {entry['goodput_rps']:.1f} "
+            f"| {entry.get('offered_rps', entry['goodput_rps']):.1f} | {entry['bound_ms']:g} "
             f"| {cell(entry['p99_ms'], '.2f')} | {entry['vs_best']:.3f} "
             f"| {entry['vs_saturation']:.3f} | {len(entry['probes'])} |"
         )

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 
+from benchmarks.measure import arrivals
 from benchmarks.stats import Window, goodput_search, stable, summarize
 
 
@@ -69,3 +70,15 @@ def test_goodput_takes_the_top_when_it_meets_the_bound() -> None:
 def test_goodput_rejects_an_empty_range() -> None:
     with pytest.raises(ValueError, match="0 < low < high"):
         goodput_search(lambda rate: 1.0, bound_ms=1, low=5, high=5)
+
+
+def test_open_loop_arrivals_offer_exactly_the_rate_each_second() -> None:
+    from itertools import islice
+
+    rng = np.random.default_rng(0)
+    times = list(islice(arrivals(37.5, rng), 375))  # ten seconds' worth
+    assert times == sorted(times)
+    per_second = np.bincount(np.floor(times).astype(int))
+    assert set(per_second) <= {37, 38} and per_second.sum() == 375
+    gaps = np.diff(times)
+    assert 0.5 < gaps.std() / gaps.mean() < 1.5  # bursty like Poisson (1.0), not a metronome (0)
