@@ -13,6 +13,7 @@ import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -31,7 +32,7 @@ Inputs = dict[str, np.ndarray]
 Execute = Callable[[Inputs], Awaitable[list[np.ndarray]]]
 """Runs one (packed) batch; returns every output with the batch dimension first."""
 
-ShapeKey = tuple[tuple[str, str, tuple[int, ...]], ...]
+ShapeKey = tuple[tuple[str, np.dtype[Any], tuple[int, ...]], ...]
 
 
 @dataclass(frozen=True)
@@ -74,10 +75,8 @@ class BatchRecord:
 
 
 def shape_key(inputs: Inputs) -> ShapeKey:
-    return tuple(
-        (name, str(array.dtype), tuple(int(d) for d in array.shape[1:]))
-        for name, array in sorted(inputs.items())
-    )
+    """What requests must share to be packed together: per input, dtype and inner dims."""
+    return tuple((name, array.dtype, array.shape[1:]) for name, array in sorted(inputs.items()))
 
 
 class Batcher:
@@ -115,6 +114,15 @@ class Batcher:
     def queued(self) -> int:
         return len(self._queue)
 
+    @property
+    def runs_at_once(self) -> bool:
+        """Whether a request submitted now skips the queue: idle, and told not to wait."""
+        return (
+            not self._queue
+            and self._busy < self._options.max_concurrent_batches
+            and self._options.max_queue_delay_s == 0
+        )
+
     async def submit(self, inputs: Inputs, timeout_s: float | None = None) -> Outcome:
         """Queue one request (``rows`` = its batch dim) and wait for its outputs."""
         if self._closed:
@@ -127,20 +135,17 @@ class Batcher:
         limits = [t for t in (self._options.default_timeout_s, timeout_s) if t is not None]
         limit = min(limits) if limits else None
         now = self._clock.now()
+        alone = self.runs_at_once
         item = _Item(
             inputs=inputs,
             rows=rows,
-            key=shape_key(inputs),
+            key=() if alone else shape_key(inputs),  # a request run alone is never grouped
             enqueued=now,
             deadline=None if limit is None else now + limit,
             timeout_s=limit,
             future=asyncio.get_running_loop().create_future(),
         )
-        if (
-            not self._queue
-            and self._busy < self._options.max_concurrent_batches
-            and self._options.max_queue_delay_s == 0
-        ):
+        if alone:
             return await self._run_alone(item)
         self._queue.append(item)
         self._wakeup.set()
@@ -175,7 +180,8 @@ class Batcher:
             return outcome
         finally:
             self._busy -= 1
-            self._wakeup.set()
+            if self._queue:  # what queued meanwhile can go now
+                self._wakeup.set()
 
     def _shutting_down(self) -> ModelNotReadyError:
         return ModelNotReadyError(model=self._name, version=None, reason="shutting down")
@@ -284,6 +290,10 @@ class Batcher:
                 )
         if self._on_batch is not None:
             self._on_batch(BatchRecord(rows=total, requests=len(batch), compute_s=compute))
+        if len(batch) == 1:
+            (item,) = batch
+            return [Outcome(outputs=list(outputs), queue_s=item.started - item.enqueued,
+                            compute_s=compute, batch_rows=total)]  # fmt: skip
         offsets = np.cumsum([item.rows for item in batch])[:-1]
         pieces = [np.split(output, offsets) for output in outputs]
         return [

@@ -100,7 +100,8 @@ def build_app(dataplane: DataPlane, *, max_request_bytes: int) -> Starlette:
         infer_request = rest.decode_request(
             body, header_length, model_name=name, model_version=version
         )
-        if target.queues:  # a queued request is worth dropping when its client leaves
+        # A queued request is worth dropping when its client leaves; watching costs two tasks.
+        if target.would_queue:
             response = await _unless_disconnected(request, dataplane.infer(infer_request, target))
             if response is None:
                 return Response(status_code=CLIENT_CLOSED)

@@ -76,6 +76,14 @@ class ModelVersion:
         """Whether requests wait in a batching queue."""
         return self.config.dynamic_batching is not None
 
+    @property
+    def would_queue(self) -> bool:
+        """Whether a request arriving now would wait in the batching queue (rather than run at
+        once, the batcher being idle and told not to wait)."""
+        if not self.queues:
+            return False
+        return self._batcher is None or not self._batcher.runs_at_once
+
     async def infer(self, request: InferenceRequest, workers: Workers) -> InferenceResponse:
         if self.runtime is None or self.signature is None:
             raise ModelNotReadyError(
@@ -154,7 +162,7 @@ class ModelVersion:
         timeout_s = None if timeout_us is None else timeout_us / 1e6
         outcome = await batcher.submit(feed, timeout_s)
         assert self.signature is not None
-        index = {name: i for i, name in enumerate(self.signature.output_names)}
+        index = self.signature.output_index
         return [outcome.outputs[index[n]] for n in names], outcome.queue_s, outcome.compute_s
 
     def _start_batcher(self, workers: Workers) -> Batcher:
