@@ -76,8 +76,11 @@ def thread_niceness(pid: int) -> list[int]:
     """The nice value of each thread of ``pid`` (Linux keeps one per thread)."""
     values = []
     for task in Path(f"/proc/{pid}/task").iterdir():
-        fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
-        values.append(int(fields[16]))  # field 19 of stat: nice
+        try:
+            stat = (task / "stat").read_text()
+        except FileNotFoundError:  # a thread that ended meanwhile
+            continue
+        values.append(int(stat.rsplit(")", 1)[1].split()[16]))  # field 19 of stat: nice
     return values
 
 
