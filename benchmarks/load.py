@@ -79,16 +79,6 @@ def sender(
     return send_grpc, client
 
 
-class _Channel:
-    """What ``measure`` closes: a grpc.aio channel."""
-
-    def __init__(self, channel: Any) -> None:
-        self._channel = channel
-
-    async def close(self) -> None:
-        await self._channel.close()
-
-
 def _grpc_encoded(url: str, target: Target) -> tuple[Callable[[int], Awaitable[Any]], Any]:
     import grpc
     from tritonclient.grpc import service_pb2
@@ -117,7 +107,7 @@ def _grpc_encoded(url: str, target: Target) -> tuple[Callable[[int], Awaitable[A
             raise RuntimeError(f"incomplete answer from {target.model}: {response.outputs}")
         return response
 
-    return send, _Channel(channel)
+    return send, channel  # grpc.aio's close() is a coroutine, as measure() expects
 
 
 def in_process(
