@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -92,3 +93,15 @@ def test_replica_serves_at_normal_priority(two_replicas) -> None:  # type: ignor
     niceness = thread_niceness(pid)
     assert len(niceness) > 3  # the serving loop, gRPC and ONNX Runtime threads are there
     assert set(niceness) == {0}, niceness
+
+
+def test_replica_inherits_the_lean_control_plane_settings(two_replicas) -> None:  # type: ignore[no-untyped-def]
+    """Ray's worker processes (Serve's controller and the replicas) run with the settings the
+    embedded Ray starts with (a 0.5 s control loop and Ray's own metrics export off, unless the
+    environment said otherwise: tests/unit/test_connect.py)."""
+    handle = serve.get_app_handle(two_replicas.app)
+    pid = handle.endpoints.remote().result(timeout_s=30)["pid"]
+    raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    environ = dict(item.decode().partition("=")[::2] for item in raw if b"=" in item)
+    for name in deployment.EMBEDDED_RAY_ENV:
+        assert environ.get(name) == os.environ[name], name
