@@ -89,11 +89,11 @@ class Profile:
 
 
 PROFILES = {
-    "quick": Profile("quick", ("digits", "resnet18"), ("http_json", "http_binary", "grpc",
-                     "grpc_tritonclient"),
+    "quick": Profile("quick", ("digits", "resnet18"), ("http_json", "http_binary",
+                     "http_binary_tritonclient", "grpc", "grpc_tritonclient"),
                      (1, 32), window_s=1.0, max_windows=5, warmup_s=0.5, goodput_probes=6),
-    "full": Profile("full", ("digits", "resnet18", "bert"), ("http_json", "http_binary", "grpc",
-                     "grpc_tritonclient"),
+    "full": Profile("full", ("digits", "resnet18", "bert"), ("http_json", "http_binary",
+                     "http_binary_tritonclient", "grpc", "grpc_tritonclient"),
                     (1, 4, 16, 32, 64), window_s=3.0, max_windows=10, warmup_s=1.0,
                     goodput_probes=10, in_process_s=5.0),
 }  # fmt: skip

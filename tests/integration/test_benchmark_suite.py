@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
+import numpy as np
+import pytest
+
+from benchmarks.load import Target, sender
+from benchmarks.measure import _Collector
 from benchmarks.report import write
 from benchmarks.suite import Profile, run
 from tests.integration.conftest import Server
 
 TINY = Profile(
-    "tiny", ("digits",), ("http_binary", "grpc", "grpc_tritonclient"), (1, 2), window_s=0.3,
+    "tiny", ("digits",), ("http_binary", "http_binary_tritonclient", "grpc", "grpc_tritonclient"),
+    (1, 2), window_s=0.3,
     max_windows=3, warmup_s=0.1, goodput_probes=3, replicas=(1,), in_process_s=0.2,
 )  # fmt: skip
 
@@ -28,7 +35,7 @@ def test_quick_profile_writes_consistent_reports(server: Server, tmp_path: Path)
     rows = report["rows"]
     closed = [r for r in rows if r["mode"] == "closed"]
     opened = [r for r in rows if r["mode"] == "open"]
-    assert len(closed) == 3 * 2 + 1  # protocols x concurrency, plus batching on
+    assert len(closed) == 4 * 2 + 1  # protocols x concurrency, plus batching on
     assert {r["protocol"] for r in closed} == set(TINY.protocols)
     assert len(opened) == len(report["goodput"][0]["probes"]) <= TINY.goodput_probes
     for row in rows:
@@ -51,3 +58,34 @@ def test_quick_profile_writes_consistent_reports(server: Server, tmp_path: Path)
 
     table = (tmp_path / "tiny.md").read_text()
     assert table.count("| digits |") == len(rows) + 2  # every row, the limit and the goodput
+
+
+@pytest.mark.parametrize("protocol", ["http_binary", "grpc"])
+def test_encoded_senders_check_every_answer(server: Server, protocol: str) -> None:
+    """The pre-encoded senders send real requests and count a refusal by its status."""
+    urls = {"http": server.http_url, "grpc": server.grpc_url}
+    rows = np.arange(2 * 16, dtype=np.float32).reshape(2, 1, 16)
+
+    async def exchange(model: str) -> tuple[object, _Collector]:
+        send, client = sender(protocol, urls, Target(model, "INPUT", "FP32", rows, ("OUTPUT",)))
+        collector = _Collector()
+        answer = None
+        try:
+            answer = await send(1)
+        except Exception as error:
+            collector.error(error)
+        await client.close()
+        return answer, collector
+
+    answer, collector = asyncio.run(exchange("identity_fp32"))
+    assert not collector.errors
+    if protocol == "grpc":  # the raw ModelInferResponse
+        (tensor,) = answer.outputs  # type: ignore[attr-defined]
+        raw = answer.raw_output_contents[0]  # type: ignore[attr-defined]
+        values = np.frombuffer(raw, dtype=np.float32).reshape(tuple(tensor.shape))
+    else:  # tritonclient's InferResult
+        values = answer.as_numpy("OUTPUT")  # type: ignore[attr-defined]
+    np.testing.assert_array_equal(values, rows[1])
+    answer, collector = asyncio.run(exchange("no_such_model"))
+    assert answer is None
+    assert collector.errors == {"404" if protocol == "http_binary" else "StatusCode.NOT_FOUND": 1}
