@@ -119,15 +119,16 @@ def test_client_that_disconnects_is_dropped_from_the_queue(server: Server) -> No
         f"POST /v2/models/slow_batched/infer HTTP/1.1\r\nHost: {host}\r\n"
         f"Content-Type: application/json\r\nContent-Length: {len(SLOW_BODY)}\r\n\r\n"
     ).encode() + SLOW_BODY
-    with ThreadPoolExecutor(2) as pool:
-        first = pool.submit(httpx.post, f"http://{server.http_url}/v2/models/slow_batched/infer",
-                            content=SLOW_BODY, timeout=60)  # fmt: skip
-        time.sleep(0.03)
+    url = f"http://{server.http_url}/v2/models/slow_batched/infer"
+    # Clients built up front (httpx builds an SSL context per client, tens of ms on a busy
+    # machine), so the first request is surely running (~0.3 s) when the leaver queues behind it.
+    with ThreadPoolExecutor(2) as pool, httpx.Client(timeout=60) as a, httpx.Client() as b:
+        first = pool.submit(a.post, url, content=SLOW_BODY)
+        time.sleep(0.1)
         with socket.create_connection((host, int(port))) as leaver:
             leaver.sendall(request)
             time.sleep(0.01)
-        last = pool.submit(httpx.post, f"http://{server.http_url}/v2/models/slow_batched/infer",
-                           content=SLOW_BODY, timeout=60)  # fmt: skip
+        last = pool.submit(b.post, url, content=SLOW_BODY, timeout=60)
         assert first.result().status_code == 200
         assert last.result().status_code == 200
     rows, _, requests = (
