@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
+from typing import Any
 
+import grpc
 import numpy as np
 import pytest
+from tritonclient.utils import InferenceServerException
 
 from benchmarks.load import Target, sender
-from benchmarks.measure import _Collector
 from benchmarks.report import write
 from benchmarks.suite import Profile, run
 from tests.integration.conftest import Server
@@ -62,30 +64,29 @@ def test_quick_profile_writes_consistent_reports(server: Server, tmp_path: Path)
 
 @pytest.mark.parametrize("protocol", ["http_binary", "grpc"])
 def test_encoded_senders_check_every_answer(server: Server, protocol: str) -> None:
-    """The pre-encoded senders send real requests and count a refusal by its status."""
+    """The pre-encoded senders send real requests, and a refusal raises with its status."""
     urls = {"http": server.http_url, "grpc": server.grpc_url}
     rows = np.arange(2 * 16, dtype=np.float32).reshape(2, 1, 16)
 
-    async def exchange(model: str) -> tuple[object, _Collector]:
+    async def exchange(model: str) -> Any:
         send, client = sender(protocol, urls, Target(model, "INPUT", "FP32", rows, ("OUTPUT",)))
-        collector = _Collector()
-        answer = None
         try:
-            answer = await send(1)
-        except Exception as error:
-            collector.error(error)
-        await client.close()
-        return answer, collector
+            return await send(1)
+        finally:
+            await client.close()
 
-    answer, collector = asyncio.run(exchange("identity_fp32"))
-    assert not collector.errors
+    answer = asyncio.run(exchange("identity_fp32"))
     if protocol == "grpc":  # the raw ModelInferResponse
-        (tensor,) = answer.outputs  # type: ignore[attr-defined]
-        raw = answer.raw_output_contents[0]  # type: ignore[attr-defined]
-        values = np.frombuffer(raw, dtype=np.float32).reshape(tuple(tensor.shape))
+        (tensor,) = answer.outputs
+        values = np.frombuffer(answer.raw_output_contents[0], dtype=np.float32)
+        values = values.reshape(tuple(tensor.shape))
     else:  # tritonclient's InferResult
-        values = answer.as_numpy("OUTPUT")  # type: ignore[attr-defined]
+        values = answer.as_numpy("OUTPUT")
     np.testing.assert_array_equal(values, rows[1])
-    answer, collector = asyncio.run(exchange("no_such_model"))
-    assert answer is None
-    assert collector.errors == {"404" if protocol == "http_binary" else "StatusCode.NOT_FOUND": 1}
+
+    with pytest.raises((InferenceServerException, grpc.aio.AioRpcError)) as refused:
+        asyncio.run(exchange("no_such_model"))
+    if protocol == "grpc":
+        assert refused.value.code() == grpc.StatusCode.NOT_FOUND  # type: ignore[union-attr]
+    else:
+        assert refused.value.status() == "404"  # type: ignore[union-attr]
