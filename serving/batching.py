@@ -207,11 +207,9 @@ class Batcher:
                 rows = sum(item.rows for item in group)
                 head = self._queue[0]
                 waited = now - head.enqueued
-                if (
-                    rows >= options.max_batch_size
-                    or rows in options.preferred_batch_sizes
-                    or waited >= options.max_queue_delay_s
-                ):
+                if rows < options.max_batch_size and waited < options.max_queue_delay_s:
+                    group = self._preferred(group)  # as Triton: the largest preferred size
+                if group:
                     for item in group:
                         self._queue.remove(item)
                     return group
@@ -234,6 +232,16 @@ class Batcher:
                 group.append(item)
                 rows += item.rows
         return group
+
+    def _preferred(self, group: list[_Item]) -> list[_Item]:
+        """The longest leading part of ``group`` whose rows make a preferred batch size, or
+        nothing: what may go before the delay is out."""
+        best, rows = 0, 0
+        for count, item in enumerate(group, start=1):
+            rows += item.rows
+            if rows in self._options.preferred_batch_sizes:
+                best = count
+        return group[:best]
 
     def _expire(self, now: float) -> None:
         expired = [i for i in self._queue if i.deadline is not None and i.deadline <= now]

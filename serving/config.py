@@ -62,7 +62,8 @@ class DynamicBatching(_Frozen):
     """How long the oldest queued request may wait for others to join its batch. 0: never wait;
     batches still form from what queues while the previous batch runs."""
     preferred_batch_sizes: tuple[PositiveInt, ...] = ()
-    """Batch sizes (rows) sent as soon as they are reached, without waiting out the delay."""
+    """Batch sizes (rows) that go without waiting out the delay: as soon as the queue fills one,
+    the largest it fills is sent (Triton's rule); the rest waits on."""
     max_queue_size: PositiveInt = 1024
     """Queued requests beyond which new ones are refused at once (503 / UNAVAILABLE)."""
     default_timeout_ms: float | None = Field(default=None, gt=0)

@@ -81,6 +81,22 @@ def test_preferred_batch_size_goes_at_once() -> None:
     run(test, max_queue_delay_s=10.0, preferred_batch_sizes=(2, 6))
 
 
+def test_largest_preferred_size_the_queue_fills_goes_at_once() -> None:
+    """As Triton does: 10 queued rows with preferred sizes 4 and 8 send 8 at once; the other 2
+    wait out the delay (they make no preferred size)."""
+
+    async def test(batcher: Batcher, model: FakeModel, clock: FakeClock, records: list) -> None:
+        tasks = [asyncio.create_task(batcher.submit(rows(1, start=i))) for i in range(10)]
+        await settle()
+        assert model.batches == [8]
+        clock.advance(10.0)
+        outcomes = await asyncio.gather(*tasks)
+        assert model.batches == [8, 2]
+        assert [o.batch_rows for o in outcomes] == [8] * 8 + [2] * 2
+
+    run(test, max_batch_size=16, max_queue_delay_s=10.0, preferred_batch_sizes=(4, 8))
+
+
 def test_mixed_row_counts_are_packed_and_split_exactly() -> None:
     async def test(batcher: Batcher, model: FakeModel, clock: FakeClock, records: list) -> None:
         requests = [rows(1, start=0), rows(3, start=100), rows(2, start=200)]
