@@ -158,7 +158,7 @@ async def measure(plan: Plan, urls: dict[str, str], target: Target) -> dict[str,
     # on an idle server: at 64 in flight of a 37 ms CNN the server has ~1.2 s of work queued,
     # more than a warm-up, and would otherwise bill it to the next measurement's first window.
     pending = [*drivers, *outstanding]
-    _, late = await asyncio.wait(pending, timeout=DRAIN_TIMEOUT_S) if pending else (set(), set())
+    _, late = await asyncio.wait(pending, timeout=DRAIN_TIMEOUT_S)  # drivers: at least one
     for task in late:
         task.cancel()
     await asyncio.gather(*pending, return_exceptions=True)

@@ -122,13 +122,17 @@ def test_client_that_disconnects_is_dropped_from_the_queue(server: Server) -> No
     url = f"http://{server.http_url}/v2/models/slow_batched/infer"
     # Clients built up front (httpx builds an SSL context per client, tens of ms on a busy
     # machine), so the first request is surely running (~0.3 s) when the leaver queues behind it.
-    with ThreadPoolExecutor(2) as pool, httpx.Client(timeout=60) as a, httpx.Client() as b:
+    with (
+        ThreadPoolExecutor(2) as pool,
+        httpx.Client(timeout=60) as a,
+        httpx.Client(timeout=60) as b,
+    ):
         first = pool.submit(a.post, url, content=SLOW_BODY)
         time.sleep(0.1)
         with socket.create_connection((host, int(port))) as leaver:
             leaver.sendall(request)
             time.sleep(0.01)
-        last = pool.submit(b.post, url, content=SLOW_BODY, timeout=60)
+        last = pool.submit(b.post, url, content=SLOW_BODY)
         assert first.result().status_code == 200
         assert last.result().status_code == 200
     rows, _, requests = (
