@@ -189,7 +189,7 @@ def in_process(
     seconds: float = 3.0,
 ) -> dict[str, Any]:
     """ONNX Runtime in this process with the server's session options; rows/s and latency."""
-    from serving.runtimes.onnx import ONNXRuntime, SessionOptions
+    from serving.models.runtimes.onnx import ONNXRuntime, SessionOptions
 
     runtime = ONNXRuntime(
         model, providers=("cpu",), options=SessionOptions(intra_op_threads=threads)

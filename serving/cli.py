@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 import signal
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import pydantic
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from serving.config import ServerConfig
+
+if TYPE_CHECKING:
+    from serving.models.spec import DesiredState
+
+APP_NAME = "serving"
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 console = Console()
@@ -22,6 +30,25 @@ def _configure_logging(level: str) -> None:
     logging.basicConfig(
         level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+
+
+def default_state_file(repository: Path, app_name: str) -> Path:
+    """Where an embedded server keeps its desired state: one file per application and
+    repository, under ``$XDG_STATE_HOME`` (``~/.local/state``)."""
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    digest = hashlib.sha256(str(repository).encode()).hexdigest()[:12]
+    return Path(base) / "serving" / f"{app_name}-{digest}.json"
+
+
+def _resources(values: list[str]) -> dict[str, float]:
+    resources = {}
+    for value in values:
+        name, _, amount = value.partition("=")
+        try:
+            resources[name] = float(amount)
+        except ValueError:
+            raise typer.BadParameter(f"expected NAME=AMOUNT, got '{value}'") from None
+    return resources
 
 
 @app.command()
@@ -35,43 +62,100 @@ def serve(
     address: str | None = typer.Option(
         None, help="Ray cluster address (else RAY_ADDRESS, else an embedded Ray)."
     ),
-    replicas: int = typer.Option(1, min=1, help="Server replicas; they share the ports."),
-    replica_cpus: float = typer.Option(1.0, help="CPUs per replica (ONNX Runtime threads)."),
+    replicas: int | None = typer.Option(
+        None, min=1, help="Server replicas (they share the ports). Default: sized to the CPUs."
+    ),
+    replica_cpus: float | None = typer.Option(
+        None, help="CPUs per replica (ONNX Runtime threads follow). Default: sized to the nodes."
+    ),
+    replica_resource: list[str] = typer.Option(
+        [], "--replica-resource", help="A custom Ray resource each replica needs: NAME=AMOUNT."
+    ),
+    model_control_mode: str = typer.Option(
+        "explicit",
+        "--model-control-mode",
+        help="explicit: load/unload through the API; none: fixed at start; poll: follow the "
+        "repository.",
+    ),
+    load_model: list[str] = typer.Option(
+        [],
+        "--load-model",
+        help="explicit mode: a model to load at start (repeatable; default all).",
+    ),
+    repository_poll_s: float = typer.Option(
+        15.0, "--repository-poll-s", help="poll mode: seconds between repository scans."
+    ),
+    state_file: Path | None = typer.Option(
+        None,
+        help="Where the model control state is kept between runs (embedded Ray default: "
+        "under ~/.local/state/serving).",
+    ),
+    fresh: bool = typer.Option(False, help="Ignore the saved model control state."),
     log_level: str = typer.Option("info", help="Log level."),
 ) -> None:
     """Serve a model repository over KServe v2 until Ctrl-C."""
     _configure_logging(log_level)
-    from serving import demo, deployment
+    from serving import demo
+    from serving.control import cluster
 
     if repository is None:
         console.print("Preparing the demo repository…")
         repository = demo.ensure()
-    config = ServerConfig(
-        repository=repository.resolve(),
-        host=host,
-        http_port=http_port,
-        grpc_port=grpc_port,
-        replicas=replicas,
-        replica_cpus=replica_cpus,
-    )
-    deployment.connect(address)
+    repository = repository.resolve()
+    embedded = not (address or os.environ.get("RAY_ADDRESS"))
+    if state_file is None and embedded:
+        state_file = default_state_file(repository, APP_NAME)
+    try:
+        config = ServerConfig(
+            repository=repository,
+            host=host,
+            http_port=http_port,
+            grpc_port=grpc_port,
+            replicas=replicas,
+            replica_cpus=replica_cpus,
+            replica_resources=_resources(replica_resource),
+            model_control_mode=model_control_mode,
+            load_models=tuple(load_model),
+            repository_poll_s=repository_poll_s,
+            state_file=state_file,
+            resume=not fresh,
+        )
+    except pydantic.ValidationError as error:
+        raise typer.BadParameter(str(error)) from None
+    cluster.connect(address)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
-        deployment.deploy(config)
-        _print_endpoints(config)
+        deployed, sizing = cluster.deploy(config, name=APP_NAME)
+        _print_banner(deployed, sizing.describe(), cluster.current_state(APP_NAME))
         while not stop.wait(1.0):
             pass
     except KeyboardInterrupt:
         pass
     finally:
         console.print("Shutting down…")
-        deployment.shutdown()
+        cluster.shutdown()
 
 
-def _print_endpoints(config: ServerConfig) -> None:
+def _print_banner(config: ServerConfig, sizing: str, state: DesiredState) -> None:
     shown = "localhost" if config.host in ("0.0.0.0", "::") else config.host
     console.print(f"[bold green]Serving[/] {config.repository}")
+    console.print(f"  {sizing}")
+    console.print(f"  model control: {config.model_control_mode}")
+    table = Table(box=None, pad_edge=False)
+    for column in ("model", "versions", "instances", "threads each", "batching"):
+        table.add_column(column)
+    for spec in state.models.values():
+        model = spec.config
+        batching = model.dynamic_batching
+        table.add_row(
+            spec.name,
+            ",".join(str(v.version) for v in spec.versions) or "-",
+            str(model.instance_count),
+            str(config.threads_per_instance(model)),
+            "-" if batching is None else f"{batching.max_queue_delay_ms:g} ms",
+        )
+    console.print(table)
     console.print(f"  HTTP  http://{shown}:{config.http_port}/v2")
     console.print(f"  gRPC  {shown}:{config.grpc_port}  (inference.GRPCInferenceService)")
     ones, twos = ",".join(["1"] * 16), ",".join(["2"] * 16)
@@ -79,12 +163,14 @@ def _print_endpoints(config: ServerConfig) -> None:
         '{"inputs":[{"name":"INPUT0","shape":[1,16],"datatype":"FP32","data":[' + ones + "]},"
         '{"name":"INPUT1","shape":[1,16],"datatype":"FP32","data":[' + twos + "]}]}"
     )
-    console.print("Try:")
-    console.print(
-        f"  curl -s -X POST http://{shown}:{config.http_port}/v2/models/add_sub/infer -d '{body}'",
-        soft_wrap=True,
-        highlight=False,
-    )
+    if "add_sub" in state.models:
+        console.print("Try:")
+        console.print(
+            f"  curl -s -X POST http://{shown}:{config.http_port}/v2/models/add_sub/infer "
+            f"-d '{body}'",
+            soft_wrap=True,
+            highlight=False,
+        )
     console.print("Press Ctrl-C to stop.")
 
 
@@ -94,36 +180,43 @@ def validate(
 ) -> None:
     """Load every model, run a sample inference, and exit non-zero on any problem."""
     _configure_logging("error")
-    from serving.models import ModelHost
-    from serving.runtimes.onnx import ONNXRuntime, SessionOptions
+    from serving.models.loader import LoadError, load_version
+    from serving.models.repository import scan, sha256_of
+    from serving.models.runtimes.onnx import ONNXRuntime, SessionOptions
 
     options = SessionOptions()
-    with ThreadPoolExecutor(max_workers=1) as executor:
-        try:
-            host = ModelHost.load(
-                repository,
-                lambda path, cfg: ONNXRuntime(
-                    path, providers=cfg.execution_providers, options=options
-                ),
-                executor,
-            )
-        except FileNotFoundError as error:
-            console.print(f"[red]{error}[/]")
-            raise typer.Exit(2) from None
+    try:
+        sources = scan(repository)
+    except FileNotFoundError as error:
+        console.print(f"[red]{error}[/]")
+        raise typer.Exit(2) from None
     table = Table(title=f"Model repository {repository}")
     for column in ("model", "version", "state", "sha256", "problem"):
         table.add_column(column)
     problems = 0
-    for entry in host.entries:
-        if entry.error or not entry.versions:
+    for source in sources:
+        if source.error:
             problems += 1
-            table.add_row(entry.name, "-", "[red]UNAVAILABLE[/]", "", entry.error or "no versions")
-        for version in sorted(entry.versions.values(), key=lambda v: v.version):
-            state = "[green]READY[/]" if version.ready else "[red]UNAVAILABLE[/]"
-            problems += 0 if version.ready else 1
-            sha = (version.sha256 or "")[:12]
-            table.add_row(entry.name, str(version.version), state, sha, version.reason)
-    host.close()
+            table.add_row(source.name, "-", "[red]UNAVAILABLE[/]", "", source.error)
+        for found in source.versions:
+            shown = str(found.path.relative_to(repository))
+            sha = sha256_of(found.path)[:12] if found.path.is_file() else ""
+            try:
+                loaded = load_version(
+                    found.path,
+                    source.config,
+                    lambda path, cfg: ONNXRuntime(
+                        path, providers=cfg.execution_providers, options=options
+                    ),
+                    shown=shown,
+                )
+            except LoadError as error:
+                problems += 1
+                state, reason = "[red]UNAVAILABLE[/]", error.reason
+            else:
+                loaded.runtime.close()
+                state, reason = "[green]READY[/]", ""
+            table.add_row(source.name, str(found.version), state, sha, reason)
     console.print(table)
     if problems:
         console.print(f"[red]{problems} problem(s) found[/]")

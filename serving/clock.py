@@ -1,4 +1,4 @@
-"""Time, injected: deadlines and delays read a monotonic clock that tests can replace."""
+"""Time, injected: every deadline, delay and duration reads one monotonic clock tests replace."""
 
 from __future__ import annotations
 
@@ -28,5 +28,10 @@ class MonotonicClock:
             return
         if timeout_s <= 0:
             return
+        # Python >= 3.11 (pyproject): asyncio.TimeoutError is the builtin TimeoutError.
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(event.wait(), timeout_s)
+
+
+MONOTONIC = MonotonicClock()
+"""The process's clock, shared by everything that is not handed another."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -100,6 +101,14 @@ class ModelConfig(_Frozen):
     """Free-form metadata reported with the model, such as a git SHA or a data hash."""
 
 
+ModelControlMode = Literal["none", "explicit", "poll"]
+
+MAX_CPUS_PER_REPLICA = 8
+"""Machine-sized defaults give a replica at most this many CPUs, and a node one replica per this
+many of its CPUs: past ~8, one replica's event loop (one Python thread) tops out before its
+sessions' threads do on small models."""
+
+
 class ServerConfig(_Frozen):
     """How the server runs: parsed once by the CLI and passed down."""
 
@@ -111,10 +120,30 @@ class ServerConfig(_Frozen):
     """KServe v2 REST port, shared by the replicas of a node."""
     grpc_port: int | None = Field(default=8001, ge=0, le=65535)
     """KServe v2 gRPC port; None turns gRPC off."""
-    replicas: PositiveInt = 1
-    """Server replicas; several on one node share the ports through SO_REUSEPORT."""
-    replica_cpus: float = Field(default=1.0, gt=0)
-    """CPUs Ray reserves for each replica; ONNX Runtime's thread count follows it."""
+    replicas: PositiveInt | None = None
+    """Server replicas; several on one node share the ports through SO_REUSEPORT. None: sized
+    to the Ray cluster's CPUs (see ``MAX_CPUS_PER_REPLICA``)."""
+    replica_cpus: float | None = Field(default=None, gt=0)
+    """CPUs Ray reserves for each replica; ONNX Runtime's thread counts follow it. None: sized
+    to the Ray cluster's nodes."""
+    replica_resources: dict[str, float] = Field(default_factory=dict)
+    """Custom Ray resources each replica needs, to place replicas on the nodes that have them
+    (a KubeRay worker group's ``rayStartParams.resources``)."""
+    model_control_mode: ModelControlMode = "explicit"
+    """Triton's model control modes. ``explicit``: the models named by ``load_models`` (every
+    model when it is empty) load at start, and the model control API loads and unloads.
+    ``none``: every model loads at start and the API refuses changes. ``poll``: every model
+    loads at start and the repository is rescanned every ``repository_poll_s``."""
+    load_models: tuple[str, ...] = ()
+    """``explicit`` mode: the models to load at start; empty or ``*``: all of them."""
+    repository_poll_s: float = Field(default=15.0, gt=0)
+    """``poll`` mode: seconds between scans of the repository (Triton's default: 15)."""
+    state_file: Path | None = None
+    """Where the controller keeps the desired state between runs (besides Ray's GCS, which
+    lasts only as long as the cluster); None: nowhere."""
+    resume: bool = True
+    """Start from the saved state (models loaded and unloaded through model control, config
+    overrides) when it belongs to this repository."""
     max_request_bytes: PositiveInt = 256 * 1024 * 1024
     """Largest HTTP request body accepted (after decompression)."""
     grpc_max_message_bytes: PositiveInt = 128 * 1024 * 1024
@@ -125,10 +154,11 @@ class ServerConfig(_Frozen):
     use worker threads."""
 
     @property
-    def intra_op_threads(self) -> int:
-        return max(1, round(self.replica_cpus))
+    def cpus(self) -> float:
+        """The replica's CPUs: as configured, else the machine's."""
+        return self.replica_cpus if self.replica_cpus is not None else float(os.cpu_count() or 1)
 
     def threads_per_instance(self, model: ModelConfig) -> int:
         """ONNX Runtime threads for each of a model's concurrent executions: the replica's CPUs
         shared among its ``instance_count`` executions, at least one."""
-        return max(1, round(self.replica_cpus / model.instance_count))
+        return max(1, round(self.cpus / model.instance_count))

@@ -1,19 +1,39 @@
-"""What both transports do: health, metadata, config, statistics, repository index, infer.
+"""The one request pipeline both transports call: route → validate → schedule → execute → record.
 
-Returns plain dicts in the shape of the v2 JSON documents; the gRPC adapter converts them.
+Also health, metadata, config, statistics, the repository index and model control. Returns
+plain dicts in the shape of the v2 JSON documents (the gRPC adapter converts them). Rules that
+concern the request rather than its wire form live here once: version strings are parsed by
+``parse_version``, model control is refused to callers not on loopback.
 """
 
 from __future__ import annotations
 
+import asyncio
+import ipaddress
+import logging
 from typing import Any
 
 from serving import __version__
+from serving.clock import MONOTONIC, Clock
 from serving.config import LatestPolicy, SpecificPolicy, TensorConfig
-from serving.errors import ModelNotReadyError
-from serving.models import ModelEntry, ModelHost, ModelVersion
+from serving.control.channel import ControlChannel
+from serving.errors import (
+    ControlPlaneUnavailableError,
+    InternalError,
+    InvalidInputError,
+    ModelNotReadyError,
+    PermissionDeniedError,
+    ServingError,
+)
+from serving.models.registry import Registry
+from serving.models.repository import parse_version
+from serving.models.signature import Signature, validate
+from serving.models.version import ModelVersion
+from serving.observe.stats import StatsWindow
 from serving.protocol.datatypes import to_triton
-from serving.signature import Signature
-from serving.types import InferenceRequest, InferenceResponse
+from serving.types import InferenceRequest, InferenceResponse, Tensor
+
+logger = logging.getLogger(__name__)
 
 SERVER_NAME = "serving"
 EXTENSIONS = (
@@ -22,19 +42,52 @@ EXTENSIONS = (
     "model_configuration",
     "statistics",
     "model_repository",
+    "model_repository(unload_dependents)",
 )
+CONTROL_TIMEOUT_S = 10.0
+"""Reads that need the controller (statistics, the index) give up after this long."""
+
+
+def request_timeout_s(request: InferenceRequest) -> float | None:
+    """The request's ``timeout`` parameter (microseconds, as Triton and tritonclient use it)."""
+    value = request.parameters.get("timeout")
+    if isinstance(value, bool) or not isinstance(value, int | None) or (value or 0) < 0:
+        raise InvalidInputError(
+            f"parameter 'timeout' must be a non-negative integer (µs), got {value!r}"
+        )
+    return value / 1e6 if value else None  # 0 means no timeout, as in Triton
+
+
+def is_loopback(host: str | None) -> bool:
+    """Whether ``host`` (an address as the transport reports its peer) is this machine's
+    loopback; ``unix`` sockets count as local."""
+    if host == "unix":
+        return True
+    try:
+        address = ipaddress.ip_address((host or "").strip("[]"))
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.is_loopback
+    return address.is_loopback
 
 
 class DataPlane:
-    def __init__(self, host: ModelHost) -> None:
-        self.host = host
-        self._ready = True
+    def __init__(
+        self, registry: Registry, control: ControlChannel, *, clock: Clock = MONOTONIC
+    ) -> None:
+        self.registry = registry
+        self._control = control
+        self._clock = clock
+        self._ready = False
+
+    # -- health and metadata -------------------------------------------------------------------
 
     def live(self) -> bool:
         return True
 
     def ready(self) -> bool:
-        """Ready once the repository is loaded; a broken model does not hold the others back."""
+        """Ready once the replica serves the current revision; not while it shuts down."""
         return self._ready
 
     def set_ready(self, ready: bool) -> None:
@@ -44,40 +97,32 @@ class DataPlane:
         return {"name": SERVER_NAME, "version": __version__, "extensions": list(EXTENSIONS)}
 
     def model_ready(self, name: str, version: str | None) -> bool:
-        entry = self.host.entry(name)
-        if not version:
-            return entry.default is not None
-        return self.host.resolve(name, version).ready
+        """Whether the model (or version) serves; an unknown one raises ModelNotFoundError."""
+        try:
+            self.registry.resolve(name, parse_version(version))
+        except ModelNotReadyError:
+            return False
+        return True
 
     def model_metadata(self, name: str, version: str | None) -> dict[str, Any]:
-        target = self._ready_version(name, version)
-        entry = self.host.entry(name)
+        target = self.require(name, version)
+        entry = self.registry.entry(name)
         signature = target.signature
-        assert signature is not None
-        versions = (
-            [str(v.version) for v in sorted(entry.versions.values(), key=lambda v: v.version)
-             if v.ready]
-            if not version
-            else [str(target.version)]
-        )  # fmt: skip
+        labels = target.config.labels
         return {
             "name": name,
-            "versions": versions,
-            "platform": entry.config.platform,
+            "versions": [str(v) for v in sorted(entry.versions)] if not version else [target.label],
+            "platform": target.config.platform,
             "inputs": [_v2_tensor(t, signature) for t in signature.inputs],
             "outputs": [_v2_tensor(t, signature) for t in signature.outputs],
-            "parameters": {"sha256": target.sha256, **entry.config.labels}
-            if version
-            else dict(entry.config.labels),
+            "parameters": {"sha256": target.sha256, **labels} if version else dict(labels),
         }
 
     def model_config(self, name: str, version: str | None) -> dict[str, Any]:
-        """Triton's model configuration (JSON form of ``inference.ModelConfig``)."""
-        target = self._ready_version(name, version)
-        entry = self.host.entry(name)
+        """Triton's model configuration (the JSON form of ``inference.ModelConfig``)."""
+        target = self.require(name, version)
         signature = target.signature
-        assert signature is not None
-        config = entry.config
+        config = target.config
         policy: dict[str, Any]
         if isinstance(config.version_policy, LatestPolicy):
             policy = {"latest": {"num_versions": config.version_policy.latest}}
@@ -85,12 +130,12 @@ class DataPlane:
             policy = {"specific": {"versions": [str(v) for v in config.version_policy.specific]}}
         else:
             policy = {"all": {}}
-        providers = target.runtime.providers if target.runtime else []
+        providers = target.runtime.providers
         kind = "KIND_CPU" if providers and providers[0] == "CPUExecutionProvider" else "KIND_GPU"
         parameters = {k: {"string_value": v} for k, v in config.labels.items()}
-        parameters["sha256"] = {"string_value": target.sha256 or ""}
+        parameters["sha256"] = {"string_value": target.sha256}
         parameters["execution_providers"] = {"string_value": ",".join(providers)}
-        return {
+        document: dict[str, Any] = {
             "name": name,
             "platform": config.platform,
             "backend": "onnxruntime",
@@ -98,50 +143,161 @@ class DataPlane:
             "max_batch_size": signature.max_batch_size,
             "input": [_triton_tensor(t) for t in signature.inputs],
             "output": [_triton_tensor(t) for t in signature.outputs],
-            "instance_group": [{"count": config.instance_count, "kind": kind}],
+            "instance_group": [{"name": name, "count": config.instance_count, "kind": kind}],
             "default_model_filename": config.model_filename,
             "parameters": parameters,
         }
-
-    def statistics(self, name: str | None, version: str | None) -> dict[str, Any]:
-        if name:
-            entry = self.host.entry(name)
-            if version:
-                targets = [self.host.resolve(name, version)]
-            else:
-                targets = sorted(entry.versions.values(), key=lambda v: v.version)
-        else:
-            targets = [v for e in self.host.entries for v in e.versions.values()]
-        return {
-            "model_stats": [t.stats.as_dict(t.model, str(t.version)) for t in targets if t.ready]
-        }
-
-    def repository_index(self, ready_only: bool = False) -> list[dict[str, Any]]:
-        index: list[dict[str, Any]] = []
-        for entry in self.host.entries:
-            rows = _index_rows(entry)
-            index.extend(r for r in rows if not ready_only or r["state"] == "READY")
-        return index
+        batching = config.dynamic_batching
+        if batching is not None:
+            # As Triton prints it: 64-bit fields as JSON numbers, an empty preferred list
+            # normalized to [max_batch_size] (the same batches form either way).
+            document["dynamic_batching"] = {
+                "preferred_batch_size": list(batching.preferred_batch_sizes)
+                or [signature.max_batch_size],
+                "max_queue_delay_microseconds": round(batching.max_queue_delay_ms * 1000),
+                "preserve_ordering": False,
+                "default_queue_policy": {
+                    "timeout_action": "REJECT",
+                    "default_timeout_microseconds": round(
+                        (batching.default_timeout_ms or 0) * 1000
+                    ),
+                    "allow_timeout_override": True,
+                    "max_queue_size": batching.max_queue_size,
+                },
+            }
+        return document
 
     def require(self, name: str, version: str | None) -> ModelVersion:
-        """The version that will serve ``name``/``version``, or the error to answer with.
+        """The ready version that serves ``name``/``version``, or the error to answer with;
+        checked before a request's body is read."""
+        return self.registry.resolve(name, parse_version(version))
 
-        Checked before reading a body; pass the result to ``infer`` to resolve only once.
-        """
-        return self._ready_version(name, version)
+    # -- inference -----------------------------------------------------------------------------
+
+    def route(self, request: InferenceRequest) -> ModelVersion:
+        return self.registry.resolve(request.model_name, parse_version(request.model_version))
 
     async def infer(
         self, request: InferenceRequest, target: ModelVersion | None = None
     ) -> InferenceResponse:
-        if target is None:
-            return await self.host.infer(request)
-        return await target.infer(request, self.host.workers)
+        """Route (``target``, if it still serves, else the request's model and version),
+        validate, schedule and execute, record."""
+        if target is None or not target.enter():
+            target = self.route(request)
+            target.enter()  # a version just resolved is not retired: no await in between
+        clock = self._clock
+        started = clock.now()
+        try:
+            signature = target.signature
+            names = validate(request, signature, target.model)
+            timeout_s = request_timeout_s(request)
+            feed = {t.name: t.data for t in request.inputs}
+            rows = request.inputs[0].shape[0] if signature.max_batch_size > 0 else 1
+            validated = clock.now()
+            outcome = await target.scheduler.run(feed, rows, names, timeout_s)
+        except ServingError:
+            target.stats.record_failure(_ns(clock.now() - started))
+            raise
+        except Exception:
+            target.stats.record_failure(_ns(clock.now() - started))
+            logger.exception("inference failed in %s version %s", target.model, target.version)
+            raise InternalError(
+                f"inference failed in model '{target.model}' version {target.version}"
+            ) from None
+        finally:
+            target.leave()
+        types = signature.output_types
+        outputs = [Tensor(n, types[n], a) for n, a in zip(names, outcome.outputs, strict=True)]
+        target.stats.record_success(
+            rows,
+            _ns(clock.now() - started),
+            input_ns=_ns(validated - started),
+            queue_ns=_ns(outcome.queue_s),
+            infer_ns=_ns(outcome.compute_s),
+        )
+        return InferenceResponse(
+            model_name=target.model, model_version=target.label, outputs=outputs, id=request.id
+        )
 
-    def _ready_version(self, name: str, version: str | None) -> ModelVersion:
-        target = self.host.resolve(name, version)
-        if not target.ready:
-            raise ModelNotReadyError(model=name, version=version, reason=target.reason)
-        return target
+    # -- what needs the controller -------------------------------------------------------------
+
+    async def _ask(self, what: str, call: Any) -> Any:
+        try:
+            async with asyncio.timeout(CONTROL_TIMEOUT_S):
+                return await call
+        except ServingError:
+            raise
+        except Exception as error:
+            raise ControlPlaneUnavailableError(
+                what=what, detail=str(error) or "timed out"
+            ) from None
+
+    async def statistics(self, name: str | None, version: str | None) -> dict[str, Any]:
+        """The v2 statistics of every loaded version (or of ``name``, or one version of it),
+        added up over every replica of the application."""
+        if name:
+            number = parse_version(version)
+            entry = self.registry.entry(name)
+            if number is not None:
+                self.registry.resolve(name, number)
+                keys = [(name, number)]
+            else:
+                keys = [(name, v) for v in sorted(entry.versions)]
+        else:
+            keys = [(e.name, v) for e in self.registry.entries for v in sorted(e.versions)]
+        totals = await self._ask("statistics", self._control.statistics())
+        return {
+            "model_stats": [
+                totals.get(key, StatsWindow()).as_v2(key[0], str(key[1])) for key in keys
+            ]
+        }
+
+    async def repository_index(self, ready_only: bool = False) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = await self._ask(
+            "the repository index", self._control.index(ready_only)
+        )
+        return rows
+
+    async def load_model(self, name: str, parameters: dict[str, Any], *, peer: str | None) -> None:
+        """Triton's model control load: ``parameters`` may carry ``config`` (Triton's model
+        configuration as JSON, in place of the model's own config file)."""
+        self._admin(peer)
+        override = None
+        for key, value in parameters.items():
+            if key == "config":
+                if not isinstance(value, str):
+                    raise InvalidInputError("load parameter 'config' must be a JSON string")
+                override = value
+            elif key.startswith("file:"):
+                raise InvalidInputError(
+                    "load parameters 'file:…' are not supported: put model files in the repository"
+                )
+            else:
+                raise InvalidInputError(f"unrecognized load parameter '{key}'")
+        await self._control.load(name, override)
+
+    async def unload_model(
+        self, name: str, parameters: dict[str, Any], *, peer: str | None
+    ) -> None:
+        self._admin(peer)
+        for key, value in parameters.items():
+            if key != "unload_dependents":
+                raise InvalidInputError(f"unrecognized unload parameter '{key}'")
+            if not isinstance(value, bool):
+                raise InvalidInputError("unload parameter 'unload_dependents' must be a boolean")
+        await self._control.unload(name)  # no model here has dependents
+
+    @staticmethod
+    def _admin(peer: str | None) -> None:
+        if not is_loopback(peer):
+            raise PermissionDeniedError(
+                f"model control is accepted only from loopback until authentication is "
+                f"configured; refused for {peer or 'an unknown peer'}"
+            )
+
+
+def _ns(seconds: float) -> int:
+    return max(0, int(seconds * 1e9))
 
 
 def _v2_tensor(tensor: TensorConfig, signature: Signature) -> dict[str, Any]:
@@ -156,13 +312,3 @@ def _triton_tensor(tensor: TensorConfig) -> dict[str, Any]:
         "data_type": to_triton(tensor.datatype),
         "dims": [str(d) for d in tensor.dims],
     }
-
-
-def _index_rows(entry: ModelEntry) -> list[dict[str, Any]]:
-    if entry.error is not None or not entry.versions:
-        return [{"name": entry.name, "version": "", "state": "UNAVAILABLE",
-                 "reason": entry.error or "no versions"}]  # fmt: skip
-    return [
-        {"name": entry.name, "version": str(v.version), "state": v.state.value, "reason": v.reason}
-        for v in sorted(entry.versions.values(), key=lambda v: v.version)
-    ]

@@ -17,6 +17,7 @@ class ErrorCode(enum.Enum):
     UNAVAILABLE = "unavailable"
     RESOURCE_EXHAUSTED = "resource_exhausted"
     DEADLINE_EXCEEDED = "deadline_exceeded"
+    PERMISSION_DENIED = "permission_denied"
     INTERNAL = "internal"
 
 
@@ -28,6 +29,18 @@ class ServingError(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # Subclasses take keyword-only fields; rebuild from the attributes, so that an error
+        # raised in the controller reaches a replica (through Ray) as itself.
+        return (_rebuild, (type(self), self.message, dict(self.__dict__)))
+
+
+def _rebuild(cls: type[ServingError], message: str, state: dict[str, object]) -> ServingError:
+    error = cls.__new__(cls)
+    Exception.__init__(error, message)
+    error.__dict__.update(state)
+    return error
 
 
 class InvalidInputError(ServingError):
@@ -99,6 +112,46 @@ class DeadlineExceededError(ServingError):
     def __init__(self, *, timeout_ms: float) -> None:
         super().__init__(f"request timed out after {timeout_ms:g} ms before it could run")
         self.timeout_ms = timeout_ms
+
+
+class ModelLoadError(ServingError):
+    """A model control load failed; what was served before keeps serving."""
+
+    code = ErrorCode.INVALID_ARGUMENT
+
+    def __init__(self, *, model: str, problems: list[str]) -> None:
+        super().__init__(f"load failed for model '{model}': " + "; ".join(problems))
+        self.model = model
+        self.problems = problems
+
+
+class ModelControlDisabledError(ServingError):
+    """Model control changes are refused in this model control mode (as Triton: UNAVAILABLE)."""
+
+    code = ErrorCode.UNAVAILABLE
+
+    def __init__(self, *, mode: str) -> None:
+        super().__init__(
+            f"explicit model load / unload is not allowed in model control mode '{mode}' "
+            "(start the server with --model-control-mode explicit)"
+        )
+        self.mode = mode
+
+
+class ControlPlaneUnavailableError(ServingError):
+    """The controller could not be reached in time; inference is unaffected."""
+
+    code = ErrorCode.UNAVAILABLE
+
+    def __init__(self, *, what: str, detail: str) -> None:
+        super().__init__(f"{what} needs the controller, which is unavailable: {detail}")
+        self.retry_after_s = 1.0
+
+
+class PermissionDeniedError(ServingError):
+    """The caller may not do this."""
+
+    code = ErrorCode.PERMISSION_DENIED
 
 
 class InternalError(ServingError):

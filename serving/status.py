@@ -20,6 +20,7 @@ STATUS: dict[ErrorCode, TransportStatus] = {
     ErrorCode.UNAVAILABLE: TransportStatus(503, grpc.StatusCode.UNAVAILABLE),
     ErrorCode.RESOURCE_EXHAUSTED: TransportStatus(413, grpc.StatusCode.RESOURCE_EXHAUSTED),
     ErrorCode.DEADLINE_EXCEEDED: TransportStatus(504, grpc.StatusCode.DEADLINE_EXCEEDED),
+    ErrorCode.PERMISSION_DENIED: TransportStatus(403, grpc.StatusCode.PERMISSION_DENIED),
     ErrorCode.INTERNAL: TransportStatus(500, grpc.StatusCode.INTERNAL),
 }
 

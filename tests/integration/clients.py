@@ -7,6 +7,7 @@ strings, HTTP's model config too), so one test body checks every protocol.
 from __future__ import annotations
 
 import asyncio
+import socket
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +36,20 @@ def _ints(document: Any, key: str = "") -> Any:
     if key in _INT_KEYS and isinstance(document, str):
         return int(document)
     return document
+
+
+def outside_address() -> str | None:
+    """One of this machine's own addresses that is not loopback (the route out, found without
+    sending anything), or None where there is none."""
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        probe.connect(("10.254.254.254", 1))
+        address = str(probe.getsockname()[0])
+    except OSError:
+        return None
+    finally:
+        probe.close()
+    return None if address.startswith("127.") else address
 
 
 def error_code(error: Exception) -> ErrorCode:
@@ -125,7 +140,15 @@ class V2Client:
 
     def repository_index(self) -> list[dict[str, Any]]:
         document = self._doc("get_model_repository_index")
-        return document if self.protocol == "http" else document.get("models", [])  # type: ignore[no-any-return]
+        rows = document if self.protocol == "http" else document.get("models", [])
+        # gRPC leaves empty fields out of its JSON, HTTP leaves out what is empty or unset.
+        return [{k: v for k, v in row.items() if v != ""} for row in rows]
+
+    def load_model(self, model: str, config: str | None = None) -> None:
+        self._call("load_model", model, config=config)
+
+    def unload_model(self, model: str) -> None:
+        self._call("unload_model", model)
 
     def infer(
         self,

@@ -7,24 +7,18 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
-from serving import deployment
+from serving.control import cluster
 from serving.config import ServerConfig
+from serving.transport.servers import reserve_port
 from tests.integration.clients import PROTOCOLS, V2Client
 
 READY_TIMEOUT_S = 90.0
 MAX_REQUEST_BYTES = 8 * 1024 * 1024
-
-
-def reserve_port() -> socket.socket:
-    """A port held open (bound, not listening) so replicas can share it through SO_REUSEPORT."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind(("127.0.0.1", 0))
-    return sock
 
 
 def wait_ready(http_url: str, timeout_s: float = READY_TIMEOUT_S) -> None:
@@ -50,27 +44,31 @@ class Server:
 
 @pytest.fixture(scope="session")
 def ray_serve() -> Iterator[None]:
-    deployment.connect(num_cpus=8)
+    cluster.connect(num_cpus=8)
     yield
-    deployment.shutdown()
+    cluster.shutdown()
 
 
 def start_server(
-    app: str, repository: Path, *, replicas: int = 1
+    app: str, repository: Path, *, replicas: int = 1, **options: Any
 ) -> tuple[Server, list[socket.socket]]:
+    """``app`` deployed on held ports; ``options`` are further ``ServerConfig`` fields."""
     held = [reserve_port(), reserve_port()]
     http_port, grpc_port = (s.getsockname()[1] for s in held)
-    config = ServerConfig(
-        repository=repository,
-        host="127.0.0.1",
-        http_port=http_port,
-        grpc_port=grpc_port,
-        replicas=replicas,
-        replica_cpus=1.0,
-        max_request_bytes=MAX_REQUEST_BYTES,
-        grpc_max_message_bytes=MAX_REQUEST_BYTES,
+    config = ServerConfig.model_validate(
+        {
+            "repository": repository,
+            "host": "127.0.0.1",
+            "http_port": http_port,
+            "grpc_port": grpc_port,
+            "replicas": replicas,
+            "replica_cpus": 1.0,
+            "max_request_bytes": MAX_REQUEST_BYTES,
+            "grpc_max_message_bytes": MAX_REQUEST_BYTES,
+            **options,
+        }
     )
-    deployment.deploy(config, name=app)
+    cluster.deploy(config, name=app)
     server = Server(app, repository, f"127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}")
     wait_ready(server.http_url)
     return server, held
@@ -78,9 +76,10 @@ def start_server(
 
 @pytest.fixture(scope="session")
 def server(ray_serve: None, test_repository: Path) -> Iterator[Server]:
-    started, held = start_server("test", test_repository)
+    # On every interface, so that a test can call it from a non-loopback address too.
+    started, held = start_server("test", test_repository, host="0.0.0.0")
     yield started
-    deployment.delete(started.app)
+    cluster.delete(started.app)
     for sock in held:
         sock.close()
 

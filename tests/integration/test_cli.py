@@ -17,7 +17,7 @@ import httpx
 import pytest
 import tritonclient.grpc as grpcclient
 
-from tests.integration.conftest import reserve_port
+from serving.transport.servers import reserve_port
 
 
 def run_validate(repository: Path) -> subprocess.CompletedProcess[str]:

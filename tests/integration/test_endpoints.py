@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from urllib.parse import quote
 
 import numpy as np
 import pytest
@@ -51,13 +52,33 @@ def test_model_ready_per_model_and_version(client: V2Client) -> None:
     assert not client.is_model_ready("corrupt", "1")
 
 
-def test_model_ready_of_unknown_model(client: V2Client) -> None:
-    if client.protocol == "http":  # tritonclient.http reads any non-200 as "not ready"
-        assert not client.is_model_ready("no_such_model")
-        return
-    with pytest.raises(InferenceServerException) as caught:
-        client.is_model_ready("no_such_model")
-    assert error_code(caught.value) is ErrorCode.NOT_FOUND
+def test_model_ready_of_unknown_model_or_version_is_false(client: V2Client) -> None:
+    """As against Triton: gRPC answers OK with ready false (tritonclient.http reads any
+    non-200 as not ready), so ``is_model_ready`` returns False instead of raising."""
+    assert not client.is_model_ready("no_such_model")
+    assert not client.is_model_ready("digits", "7")
+
+
+@pytest.mark.parametrize("version", ["abc", "0", "01", "-1", "1.5", "²", "9" * 30, "1 "])
+def test_malformed_versions_get_the_same_answer_on_every_transport(
+    server: Server, version: str
+) -> None:
+    answers = set()
+    for protocol in ("http", "grpc"):
+        client = V2Client(protocol, server.http_url, server.grpc_url)
+        sent = quote(version) if protocol == "http" else version  # tritonclient.http does not
+        row = [In("input", np.zeros((1, 64), np.float32), "FP32")]
+        for call in (
+            lambda: client.model_metadata("digits", sent),
+            lambda: client.model_config("digits", sent),
+            lambda: client.infer("digits", row, version=sent),
+        ):
+            with pytest.raises(InferenceServerException) as caught:
+                call()
+            assert error_code(caught.value) is ErrorCode.INVALID_ARGUMENT
+            answers.add(caught.value.message())
+    assert len(answers) == 1, answers
+    assert "model version must be a positive integer" in answers.pop()
 
 
 def test_model_config_in_triton_form(client: V2Client) -> None:

@@ -8,7 +8,7 @@ from tritonclient.utils import InferenceServerException
 
 from serving.errors import ErrorCode
 from serving.status import STATUS
-from tests.integration.clients import In, V2Client, error_code
+from tests.integration.clients import In, V2Client, error_code, outside_address
 from tests.integration.conftest import MAX_REQUEST_BYTES, Server
 
 ROW = np.ones((1, 16), dtype=np.float32)
@@ -27,6 +27,15 @@ def trigger(client: V2Client, code: ErrorCode) -> None:
         client.infer("identity_fp32", [In("INPUT", big, "FP32")])
     elif code is ErrorCode.DEADLINE_EXCEEDED:
         client.infer("add_sub", ADD_SUB, timeout_us=1)
+    elif code is ErrorCode.PERMISSION_DENIED:
+        # Model control from an address that is not loopback (the server listens on all).
+        address = outside_address()
+        if address is None:
+            pytest.skip("this machine has no address but loopback")
+        http_port = client.http_url.rsplit(":", 1)[1]
+        grpc_port = client.grpc_url.rsplit(":", 1)[1]
+        outside = V2Client(client.protocol, f"{address}:{http_port}", f"{address}:{grpc_port}")
+        outside.load_model("add_sub")
     elif code is ErrorCode.INTERNAL:
         client.infer("runtime_fault", [In("indices", np.array([[99]], dtype=np.int64), "INT64")])
 

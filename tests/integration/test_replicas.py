@@ -12,7 +12,7 @@ import pytest
 import ray
 from ray import serve
 
-from serving import deployment
+from serving.control import cluster
 from tests.integration.conftest import start_server
 
 REPLACE_TIMEOUT_S = 120.0
@@ -34,14 +34,14 @@ def infer_fresh_connection(url: str) -> httpx.Response:
 def two_replicas(ray_serve: None, demo_repository: Path):  # type: ignore[no-untyped-def]
     server, held = start_server("replicas", demo_repository, replicas=2)
     yield server
-    deployment.delete(server.app)
+    cluster.delete(server.app)
     for sock in held:
         sock.close()
 
 
 def test_killed_replica_is_replaced_and_serving_continues(two_replicas) -> None:  # type: ignore[no-untyped-def]
     url = two_replicas.http_url
-    names = deployment.replica_actor_names(two_replicas.app)
+    names = cluster.replica_actor_names(two_replicas.app)
     assert len(names) == 2
     victim = names[0]
     ray.kill(ray.get_actor(victim, namespace="serve"), no_restart=True)
@@ -57,7 +57,7 @@ def test_killed_replica_is_replaced_and_serving_continues(two_replicas) -> None:
             response = infer_fresh_connection(url)
         assert response.status_code == 200
         answered += 1
-        current = deployment.replica_actor_names(two_replicas.app)
+        current = cluster.replica_actor_names(two_replicas.app)
         if len(current) == 2 and victim not in current:
             break
         time.sleep(0.2)
@@ -103,5 +103,5 @@ def test_replica_inherits_the_lean_control_plane_settings(two_replicas) -> None:
     pid = handle.endpoints.remote().result(timeout_s=30)["pid"]
     raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
     environ = dict(item.decode().partition("=")[::2] for item in raw if b"=" in item)
-    for name in deployment.EMBEDDED_RAY_ENV:
+    for name in cluster.EMBEDDED_RAY_ENV:
         assert environ.get(name) == os.environ[name], name

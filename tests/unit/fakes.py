@@ -6,7 +6,7 @@ import asyncio
 
 import numpy as np
 
-from serving.runtimes.base import GraphTensor
+from serving.models.runtimes.base import GraphTensor
 
 
 class SumRuntime:

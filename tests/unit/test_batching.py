@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from serving.batching import Batcher, BatcherOptions, BatchRecord
+from serving.models.scheduling.batcher import Batcher, BatcherOptions, BatchRecord
 from serving.errors import DeadlineExceededError, OverloadedError
 from tests.unit.fakes import FakeClock, FakeModel
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from serving import deployment
+from serving.control import cluster
 
 
 @pytest.fixture
@@ -18,18 +18,18 @@ def recorded(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     def init(**kwargs: Any) -> None:
         calls["init"] = {**kwargs, "environ": dict(os.environ)}
 
-    monkeypatch.setattr(deployment.ray, "is_initialized", lambda: False)
-    monkeypatch.setattr(deployment.ray, "init", init)
-    monkeypatch.setattr(deployment.serve, "start", lambda **kw: calls.setdefault("serve", kw))
+    monkeypatch.setattr(cluster.ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(cluster.ray, "init", init)
+    monkeypatch.setattr(cluster.serve, "start", lambda **kw: calls.setdefault("serve", kw))
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    for name in deployment.EMBEDDED_RAY_ENV:
+    for name in cluster.EMBEDDED_RAY_ENV:
         monkeypatch.setenv(name, "")  # recorded, so that what connect() sets is undone
         monkeypatch.delenv(name)
     return calls
 
 
 def test_embedded_ray_starts_with_the_lean_settings(recorded: dict[str, Any]) -> None:
-    deployment.connect(num_cpus=2)
+    cluster.connect(num_cpus=2)
     environ = recorded["init"]["environ"]
     assert environ["RAY_SERVE_CONTROL_LOOP_INTERVAL_S"] == "0.5"
     assert environ["RAY_enable_metrics_collection"] == "0"
@@ -41,18 +41,18 @@ def test_the_environment_overrides_a_lean_setting(
     recorded: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("RAY_SERVE_CONTROL_LOOP_INTERVAL_S", "0.1")
-    deployment.connect(num_cpus=2)
+    cluster.connect(num_cpus=2)
     environ = recorded["init"]["environ"]
     assert environ["RAY_SERVE_CONTROL_LOOP_INTERVAL_S"] == "0.1"
     assert environ["RAY_enable_metrics_collection"] == "0"
 
 
 def test_a_cluster_keeps_its_own_settings(recorded: dict[str, Any]) -> None:
-    deployment.connect("ray://head:10001")
+    cluster.connect("ray://head:10001")
     assert recorded["init"] == {
         "address": "ray://head:10001",
         "logging_level": recorded["init"]["logging_level"],
         "environ": recorded["init"]["environ"],
     }
-    for name in deployment.EMBEDDED_RAY_ENV:
+    for name in cluster.EMBEDDED_RAY_ENV:
         assert name not in recorded["init"]["environ"]

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from serving.execution import Execution, Workers
+from serving.models.execution import Execution, Workers
 
 
 class SteppingTimer:

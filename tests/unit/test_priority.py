@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from serving.server import normal_priority
+from serving.replica import normal_priority
 
 
 def run_in_thread(niceness: int) -> int:

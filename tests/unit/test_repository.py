@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from serving.config import LatestPolicy, ModelConfig, ServerConfig, SpecificPolicy
-from serving.repository import load_config, parse_pbtxt, scan
+from serving.models.repository import load_config, parse_pbtxt, scan
 
 
 def make_model(repo: Path, name: str, versions: list[int], config: str | None = None) -> None:

@@ -7,8 +7,8 @@ import pytest
 
 from serving.config import DynamicBatching, ModelConfig, TensorConfig
 from serving.errors import InvalidInputError
-from serving.runtimes.base import GraphTensor
-from serving.signature import SignatureError, reconcile, validate
+from serving.models.runtimes.base import GraphTensor
+from serving.models.signature import SignatureError, reconcile, validate
 from serving.types import InferenceRequest, RequestedOutput, Tensor
 
 GRAPH_IN = [GraphTensor("x", "FP32", (-1, 4)), GraphTensor("ids", "INT64", (-1, -1))]

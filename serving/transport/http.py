@@ -14,17 +14,26 @@ import orjson
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from serving.dataplane import DataPlane
-from serving.errors import InvalidInputError, OverloadedError, PayloadTooLargeError, ServingError
+from serving.errors import (
+    ControlPlaneUnavailableError,
+    InvalidInputError,
+    OverloadedError,
+    PayloadTooLargeError,
+    ServingError,
+)
 from serving.protocol import rest
 from serving.status import http_status
 
 logger = logging.getLogger(__name__)
 
 JSON = "application/json"
+SERVED_BY = "Served-By"
+ADMIN_BODY_BYTES = 1024 * 1024
+"""Model control and index bodies are small (a config override at most)."""
 CLIENT_CLOSED = 499  # nginx's code for "client closed request"; nobody is left to read it
 T = TypeVar("T")
 
@@ -35,57 +44,97 @@ def _json(document: Any, status: int = 200) -> Response:
 
 def error_response(error: ServingError) -> Response:
     response = _json({"error": error.message}, http_status(error.code))
-    if isinstance(error, OverloadedError):
+    if isinstance(error, OverloadedError | ControlPlaneUnavailableError):
         response.headers["Retry-After"] = str(max(1, round(error.retry_after_s)))
     return response
 
 
-def build_app(dataplane: DataPlane, *, max_request_bytes: int) -> Starlette:
-    def version_of(request: Request) -> str | None:
-        version = request.path_params.get("version")
-        if version is not None and not version.isdigit():
-            raise InvalidInputError(f"model version must be a positive integer, got '{version}'")
-        return None if version is None else str(version)
+def _optional_json(body: bytes, what: str) -> dict[str, Any]:
+    """A small JSON-object body that may be empty."""
+    if not body.strip():
+        return {}
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise InvalidInputError(f"{what} body must be a JSON object") from None
+    if not isinstance(document, dict):
+        raise InvalidInputError(f"{what} body must be a JSON object")
+    return document
+
+
+def _parameters(document: dict[str, Any], what: str) -> dict[str, Any]:
+    parameters = document.get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise InvalidInputError(f"{what} 'parameters' must be a JSON object")
+    return parameters
+
+
+def build_app(
+    dataplane: DataPlane, *, max_request_bytes: int, served_by: str | None = None
+) -> Starlette:
+    """The v2 REST routes over ``dataplane``. ``served_by`` (replica and node) goes out in a
+    ``Served-By`` header on every inference response."""
+    served = {SERVED_BY: served_by} if served_by else {}
+
+    def health(ok: bool, key: str) -> Response:
+        return _json({key: ok}, 200 if ok else 503)
 
     async def live(request: Request) -> Response:
-        return Response(status_code=200 if dataplane.live() else 503)
+        return health(dataplane.live(), "live")
 
     async def ready(request: Request) -> Response:
-        return Response(status_code=200 if dataplane.ready() else 503)
+        return health(dataplane.ready(), "ready")
+
+    async def healthz(request: Request) -> Response:
+        # KubeRay's RayService admits a pod to its serve Service once this says "success".
+        ok = dataplane.ready()
+        return PlainTextResponse("success" if ok else "not ready", 200 if ok else 503)
 
     async def server_metadata(request: Request) -> Response:
         return _json(dataplane.server_metadata())
 
     async def model_metadata(request: Request) -> Response:
-        name = request.path_params["model"]
-        return _json(dataplane.model_metadata(name, version_of(request)))
+        params = request.path_params
+        return _json(dataplane.model_metadata(params["model"], params.get("version")))
 
     async def model_ready(request: Request) -> Response:
         name = request.path_params["model"]
-        ok = dataplane.model_ready(name, version_of(request))
-        return Response(status_code=200 if ok else 503)
+        ok = dataplane.model_ready(name, request.path_params.get("version"))
+        return _json({"name": name, "ready": ok}, 200 if ok else 503)
 
     async def model_config(request: Request) -> Response:
-        name = request.path_params["model"]
-        return _json(dataplane.model_config(name, version_of(request)))
+        params = request.path_params
+        return _json(dataplane.model_config(params["model"], params.get("version")))
 
     async def statistics(request: Request) -> Response:
-        name = request.path_params.get("model")
-        return _json(dataplane.statistics(name, version_of(request)))
+        params = request.path_params
+        return _json(await dataplane.statistics(params.get("model"), params.get("version")))
 
     async def repository_index(request: Request) -> Response:
-        body = await request.body()
-        ready_only = False
-        if body.strip():
-            try:
-                ready_only = bool(orjson.loads(body).get("ready", False))
-            except (orjson.JSONDecodeError, AttributeError):
-                raise InvalidInputError("repository index body must be a JSON object") from None
-        return _json(dataplane.repository_index(ready_only))
+        document = _optional_json(await _read_body(request, ADMIN_BODY_BYTES), "repository index")
+        ready_only = document.get("ready", False)
+        if not isinstance(ready_only, bool):
+            raise InvalidInputError("repository index 'ready' must be a boolean")
+        return _json(await dataplane.repository_index(ready_only))
+
+    def peer(request: Request) -> str | None:
+        return request.client.host if request.client else None
+
+    async def load(request: Request) -> Response:
+        document = _optional_json(await _read_body(request, ADMIN_BODY_BYTES), "load")
+        parameters = _parameters(document, "load")
+        await dataplane.load_model(request.path_params["model"], parameters, peer=peer(request))
+        return Response(status_code=200, media_type=JSON)
+
+    async def unload(request: Request) -> Response:
+        document = _optional_json(await _read_body(request, ADMIN_BODY_BYTES), "unload")
+        parameters = _parameters(document, "unload")
+        await dataplane.unload_model(request.path_params["model"], parameters, peer=peer(request))
+        return Response(status_code=200, media_type=JSON)
 
     async def infer(request: Request) -> Response:
         name = request.path_params["model"]
-        version = version_of(request)
+        version = request.path_params.get("version")
         target = dataplane.require(name, version)
         body = await _read_body(request, max_request_bytes)
         header = request.headers.get(rest.HEADER_LENGTH)
@@ -101,7 +150,7 @@ def build_app(dataplane: DataPlane, *, max_request_bytes: int) -> Starlette:
             body, header_length, model_name=name, model_version=version
         )
         # A queued request is worth dropping when its client leaves; watching costs two tasks.
-        if target.would_queue:
+        if target.scheduler.would_queue:
             response = await _unless_disconnected(request, dataplane.infer(infer_request, target))
             if response is None:
                 return Response(status_code=CLIENT_CLOSED)
@@ -109,11 +158,11 @@ def build_app(dataplane: DataPlane, *, max_request_bytes: int) -> Starlette:
             response = await dataplane.infer(infer_request, target)
         payload, json_length = rest.encode_response(response, infer_request)
         if json_length is None:
-            return Response(payload, media_type=JSON)
+            return Response(payload, media_type=JSON, headers=served)
         return Response(
             payload,
             media_type="application/octet-stream",
-            headers={"Inference-Header-Content-Length": str(json_length)},
+            headers={"Inference-Header-Content-Length": str(json_length), **served},
         )
 
     async def on_serving_error(request: Request, error: Exception) -> Response:
@@ -131,12 +180,16 @@ def build_app(dataplane: DataPlane, *, max_request_bytes: int) -> Starlette:
 
     model = "/v2/models/{model}"
     versioned = "/v2/models/{model}/versions/{version}"
+    repository = "/v2/repository/models/{model}"
     routes = [
         Route("/v2/health/live", live),
         Route("/v2/health/ready", ready),
+        Route("/-/healthz", healthz),
         Route("/v2", server_metadata),
         Route("/v2/models/stats", statistics),
         Route("/v2/repository/index", repository_index, methods=["POST"]),
+        Route(repository + "/load", load, methods=["POST"]),
+        Route(repository + "/unload", unload, methods=["POST"]),
     ]
     for prefix in (model, versioned):
         routes += [

@@ -10,8 +10,8 @@ import numpy as np
 import onnxruntime as ort
 
 from serving.errors import InvalidInputError
+from serving.models.runtimes.base import GraphTensor
 from serving.protocol.datatypes import from_ort
-from serving.runtimes.base import GraphTensor
 
 logger = logging.getLogger(__name__)
 

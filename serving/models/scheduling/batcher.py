@@ -3,6 +3,7 @@
 Independent of Ray and of the runtime: it is handed an ``execute`` coroutine that runs one packed
 batch, and a clock. Requests whose non-batch dimensions (or dtypes) differ never share a batch.
 A batch that fails is re-run request by request, so only the offending request fails.
+:class:`BatchedScheduler` puts a batcher behind the scheduler interface.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from serving.clock import Clock, MonotonicClock
+from serving.clock import MONOTONIC, Clock
 from serving.errors import (
     DeadlineExceededError,
     InternalError,
@@ -25,11 +26,11 @@ from serving.errors import (
     OverloadedError,
     ServingError,
 )
+from serving.models.scheduling.base import Execute, Inputs, OnExecution, Outcome
 
 logger = logging.getLogger(__name__)
 
-Inputs = dict[str, np.ndarray]
-Execute = Callable[[Inputs], Awaitable[list[np.ndarray]]]
+BatchExecute = Callable[[Inputs], Awaitable[list[np.ndarray]]]
 """Runs one (packed) batch; returns every output with the batch dimension first."""
 
 ShapeKey = tuple[tuple[str, np.dtype[Any], tuple[int, ...]], ...]
@@ -43,16 +44,6 @@ class BatcherOptions:
     max_queue_size: int = 1024
     default_timeout_s: float | None = None
     max_concurrent_batches: int = 1
-
-
-@dataclass
-class Outcome:
-    """One request's outputs and where its time went."""
-
-    outputs: list[np.ndarray]
-    queue_s: float
-    compute_s: float
-    batch_rows: int
 
 
 @dataclass(eq=False)
@@ -84,7 +75,7 @@ class Batcher:
 
     def __init__(
         self,
-        execute: Execute,
+        execute: BatchExecute,
         options: BatcherOptions,
         *,
         name: str = "model",
@@ -96,7 +87,7 @@ class Batcher:
         self._execute = execute
         self._name = name
         self._options = options
-        self._clock = clock or MonotonicClock()
+        self._clock = clock or MONOTONIC
         self._on_batch = on_batch
         self._queue: deque[_Item] = deque()
         self._wakeup = asyncio.Event()
@@ -107,7 +98,7 @@ class Batcher:
 
     @property
     def pending(self) -> int:
-        """Requests queued or executing."""
+        """Requests queued or executing (what a drain waits out)."""
         return len(self._queue) + sum(1 for t in self._running if not t.done())
 
     @property
@@ -325,3 +316,43 @@ def _fail(item: _Item, error: BaseException) -> None:
         if not isinstance(error, ServingError | asyncio.CancelledError):
             logger.error("batched inference failed", exc_info=error)
         item.future.set_exception(error)
+
+
+class BatchedScheduler:
+    """A :class:`Batcher` behind the scheduler interface: a model version's requests batched
+    over every output (``output_names``, in the order ``execute`` returns them)."""
+
+    def __init__(
+        self,
+        execute: Execute,
+        options: BatcherOptions,
+        *,
+        output_names: list[str],
+        name: str,
+        clock: Clock,
+        on_execution: OnExecution,
+    ) -> None:
+        self._index = {n: i for i, n in enumerate(output_names)}
+
+        async def run_batch(inputs: Inputs) -> list[np.ndarray]:
+            return await execute(inputs, output_names)
+
+        def on_batch(record: BatchRecord) -> None:
+            on_execution(record.rows, record.compute_s)
+
+        self._batcher = Batcher(run_batch, options, name=name, clock=clock, on_batch=on_batch)
+
+    @property
+    def would_queue(self) -> bool:
+        return not self._batcher.runs_at_once
+
+    async def run(
+        self, inputs: Inputs, rows: int, names: list[str], timeout_s: float | None
+    ) -> Outcome:
+        outcome = await self._batcher.submit(inputs, timeout_s)
+        index = self._index
+        outcome.outputs = [outcome.outputs[index[n]] for n in names]
+        return outcome
+
+    async def close(self) -> None:
+        await self._batcher.close()

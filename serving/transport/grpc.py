@@ -9,7 +9,7 @@ from typing import Any
 import grpc
 
 from serving.dataplane import DataPlane
-from serving.errors import ServingError
+from serving.errors import ModelNotFoundError, ServingError
 from serving.protocol import grpc_codec
 from serving.protocol.proto import grpc_service_pb2 as pb
 from serving.protocol.proto import grpc_service_pb2_grpc as pb_grpc
@@ -66,6 +66,15 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         return wrapped
 
 
+def peer_host(peer: str) -> str:
+    """The address in a gRPC peer string: ``ipv4:127.0.0.1:5000``, ``ipv6:[::1]:5000``,
+    ``unix:/path``."""
+    kind, _, rest = peer.partition(":")
+    if kind == "unix":
+        return "unix"
+    return rest.rsplit(":", 1)[0].strip("[]")
+
+
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def __init__(self, dataplane: DataPlane) -> None:
         self._dataplane = dataplane
@@ -77,7 +86,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return pb.ServerReadyResponse(ready=self._dataplane.ready())
 
     async def ModelReady(self, request: Any, context: Any) -> pb.ModelReadyResponse:
-        ready = self._dataplane.model_ready(request.name, request.version or None)
+        try:
+            ready = self._dataplane.model_ready(request.name, request.version or None)
+        except ModelNotFoundError:
+            ready = False  # as Triton: OK with ready false, so is_model_ready() returns False
         return pb.ModelReadyResponse(ready=ready)
 
     async def ServerMetadata(self, request: Any, context: Any) -> Any:
@@ -95,12 +107,28 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return pb.ModelConfigResponse(config=config)
 
     async def ModelStatistics(self, request: Any, context: Any) -> Any:
-        document = self._dataplane.statistics(request.name or None, request.version or None)
+        document = await self._dataplane.statistics(request.name or None, request.version or None)
         return grpc_codec.from_document(document, pb.ModelStatisticsResponse())
 
     async def RepositoryIndex(self, request: Any, context: Any) -> Any:
-        models = self._dataplane.repository_index(request.ready)
+        models = await self._dataplane.repository_index(request.ready)
         return grpc_codec.from_document({"models": models}, pb.RepositoryIndexResponse())
+
+    async def RepositoryModelLoad(self, request: Any, context: Any) -> Any:
+        await self._dataplane.load_model(
+            request.model_name,
+            grpc_codec.parameters_to_dict(request.parameters),
+            peer=peer_host(context.peer()),
+        )
+        return pb.RepositoryModelLoadResponse()
+
+    async def RepositoryModelUnload(self, request: Any, context: Any) -> Any:
+        await self._dataplane.unload_model(
+            request.model_name,
+            grpc_codec.parameters_to_dict(request.parameters),
+            peer=peer_host(context.peer()),
+        )
+        return pb.RepositoryModelUnloadResponse()
 
     async def ModelInfer(self, request: Any, context: Any) -> pb.ModelInferResponse:
         target = self._dataplane.require(request.model_name, request.model_version or None)
@@ -121,7 +149,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 yield pb.ModelStreamInferResponse(infer_response=response)
 
 
-def build_server(dataplane: DataPlane, *, max_message_bytes: int) -> grpc.aio.Server:
+def build_grpc_server(dataplane: DataPlane, *, max_message_bytes: int) -> grpc.aio.Server:
+    """A grpc.aio server with the v2 servicer; the caller adds its port (SO_REUSEPORT on)."""
     server = grpc.aio.server(
         interceptors=[ErrorInterceptor()],
         options=[

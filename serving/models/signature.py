@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from serving.config import DEFAULT_MAX_BATCH_SIZE, ModelConfig, TensorConfig
 from serving.errors import InvalidInputError
-from serving.runtimes.base import GraphTensor
+from serving.models.runtimes.base import GraphTensor
 from serving.types import InferenceRequest
 
 

@@ -1,4 +1,4 @@
-"""Runs a replica's network servers (uvicorn for HTTP, grpc.aio for gRPC) on its event loop.
+"""A replica's listeners: uvicorn for HTTP and grpc.aio for gRPC, on the replica's event loop.
 
 In a Ray Serve replica that loop is the actor's own, where Ray Serve also runs its internal
 grpc.aio server: grpc.aio serves every loop of a process from one poller thread and one wake-up
@@ -12,19 +12,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import socket
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import uvicorn
 
 from serving.config import ServerConfig
 from serving.dataplane import DataPlane
-from serving.grpc_server import build_server
-from serving.http import build_app
-from serving.models import ModelHost
-from serving.runtimes.onnx import ONNXRuntime, SessionOptions
+from serving.transport.grpc import build_grpc_server
+from serving.transport.http import build_app
 
 logger = logging.getLogger(__name__)
 
@@ -41,51 +36,29 @@ def shared_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def normal_priority() -> None:
-    """Run the calling thread, and the threads it starts, at nice 0 where it runs nicer.
-
-    Ray starts workers at nice 15 unless its nodes set ``RAY_worker_niceness=0`` (the embedded
-    Ray does). Raising priority needs CAP_SYS_NICE; without it the replica says so and carries on.
-    """
-    current = os.getpriority(os.PRIO_PROCESS, 0)
-    if current <= 0:
-        return
-    try:
-        os.setpriority(os.PRIO_PROCESS, 0, 0)  # on Linux: this thread
-    except PermissionError:
-        logger.warning(
-            "replica runs at nice %d and may not lower it; any busy process on the node will "
-            "take the CPU from it. Start the Ray nodes with RAY_worker_niceness=0.",
-            current,
-        )
-
-
 def _address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def load_host(config: ServerConfig) -> ModelHost:
-    # Idle threads cost nothing; executions beyond the pool's size would queue behind it.
-    executor = ThreadPoolExecutor(max_workers=16, thread_name_prefix="infer")
-    return ModelHost.load(
-        Path(config.repository),
-        lambda path, model: ONNXRuntime(
-            path,
-            providers=model.execution_providers,
-            options=SessionOptions(intra_op_threads=config.threads_per_instance(model)),
-        ),
-        executor,
-        inline_below_s=config.inline_below_us / 1e6,
-    )
+def reserve_port(host: str = "127.0.0.1") -> socket.socket:
+    """A free port, held: bound (not listening) with SO_REUSEPORT, so that servers started
+    later can share it while no other process takes it. Close the socket to release it."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, 0))
+    return sock
 
 
-class ReplicaServer:
-    """A replica's model host and its HTTP and gRPC servers, on the caller's event loop."""
+class Listeners:
+    """A replica's HTTP and gRPC servers over one dataplane, on the caller's event loop."""
 
-    def __init__(self, config: ServerConfig) -> None:
+    def __init__(
+        self, config: ServerConfig, dataplane: DataPlane, *, served_by: str | None = None
+    ) -> None:
         self.config = config
-        self.host = load_host(config)
-        self.dataplane = DataPlane(self.host)
+        self.dataplane = dataplane
+        self._served_by = served_by
         self._uvicorn: uvicorn.Server | None = None
         self._task: asyncio.Task[None] | None = None
         self._started = asyncio.Event()
@@ -95,7 +68,11 @@ class ReplicaServer:
     def _prepare(self) -> socket.socket:
         http_socket = shared_socket(self.config.host, self.config.http_port)
         self.http_port = http_socket.getsockname()[1]
-        app = build_app(self.dataplane, max_request_bytes=self.config.max_request_bytes)
+        app = build_app(
+            self.dataplane,
+            max_request_bytes=self.config.max_request_bytes,
+            served_by=self._served_by,
+        )
         uv_config = uvicorn.Config(
             app,
             loop="none",
@@ -124,19 +101,18 @@ class ReplicaServer:
             raise TimeoutError(f"servers did not start within {timeout_s} s")
 
     async def stop(self, timeout_s: float = 10.0) -> None:
+        """Stop accepting; requests in progress are answered first (at most ``timeout_s``)."""
         if self._uvicorn is not None:
             self._uvicorn.should_exit = True
         if self._task is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._task, timeout_s)
-        with contextlib.suppress(Exception):
-            self.host.close()
 
     async def _serve(self, http_socket: socket.socket) -> None:
         assert self._uvicorn is not None
         grpc_server = None
         if self.config.grpc_port is not None:
-            grpc_server = build_server(
+            grpc_server = build_grpc_server(
                 self.dataplane, max_message_bytes=self.config.grpc_max_message_bytes
             )
             address = _address(self.config.host, self.config.grpc_port)
@@ -151,7 +127,6 @@ class ReplicaServer:
         finally:
             if grpc_server is not None:
                 await grpc_server.stop(grace=2.0)
-            await self.host.drain()
 
     @property
     def alive(self) -> bool:

@@ -1,0 +1,81 @@
+"""What passes between a replica and the controller, and the interface a replica calls it through.
+
+No Ray here: ``actor.py`` implements :class:`ControlChannel` over a Ray actor handle, and
+:class:`LocalChannel` over an in-process controller (one replica without Ray, and tests).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from serving.models.spec import DesiredState
+from serving.observe.stats import Key, StatsWindow
+
+if TYPE_CHECKING:
+    from serving.control.controller import Controller
+
+
+@dataclass
+class ReplicaReport:
+    """What a replica tells the controller on every poll."""
+
+    replica: str
+    node: str = ""
+    known: int = 0
+    """The newest revision it has received."""
+    applied: int = 0
+    """The newest revision it has applied in full."""
+    flushed: int = 0
+    """The newest statistics flush request its ``stats`` answer."""
+    stats: dict[Key, StatsWindow] = field(default_factory=dict)
+    """Its cumulative windows, taken when the poll was sent."""
+    failures: dict[Key, tuple[str, str]] = field(default_factory=dict)
+    """Versions of the applied revision it could not load: (sha256, reason)."""
+
+
+@dataclass(frozen=True)
+class PollAnswer:
+    state: DesiredState | None
+    """A revision newer than the replica knows, or None."""
+    flush: int
+    """The newest statistics flush request: report again at once if it is newer than yours."""
+
+
+class ControlChannel(Protocol):
+    async def current(self) -> DesiredState: ...
+
+    async def poll(self, report: ReplicaReport, timeout_s: float) -> PollAnswer: ...
+
+    async def load(self, name: str, override: str | None) -> None: ...
+
+    async def unload(self, name: str) -> None: ...
+
+    async def index(self, ready_only: bool) -> list[dict[str, Any]]: ...
+
+    async def statistics(self) -> dict[Key, StatsWindow]: ...
+
+
+class LocalChannel:
+    """Calls a :class:`Controller` in this process, on this event loop."""
+
+    def __init__(self, controller: Controller) -> None:
+        self.controller = controller
+
+    async def current(self) -> DesiredState:
+        return self.controller.state
+
+    async def poll(self, report: ReplicaReport, timeout_s: float) -> PollAnswer:
+        return await self.controller.poll(report, timeout_s)
+
+    async def load(self, name: str, override: str | None) -> None:
+        await self.controller.load(name, override)
+
+    async def unload(self, name: str) -> None:
+        await self.controller.unload(name)
+
+    async def index(self, ready_only: bool) -> list[dict[str, Any]]:
+        return self.controller.index(ready_only)
+
+    async def statistics(self) -> dict[Key, StatsWindow]:
+        return await self.controller.statistics()

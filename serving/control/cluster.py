@@ -1,0 +1,314 @@
+"""The Ray side of a deployment: the replica deployment, sizing to the cluster, connecting to
+Ray (or starting it embedded), deploying and deleting the application.
+
+Each replica serves HTTP and gRPC itself on the node's shared ports (SO_REUSEPORT); requests
+never pass through Ray Serve's proxy. Ray Serve places the replicas, checks their health and
+replaces one that dies; the application's controller (``actor.py``) keeps them on one revision.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+from dataclasses import dataclass
+from typing import Any, cast
+
+import ray
+from ray import serve
+from ray.serve.config import ProxyLocation
+
+from serving.config import MAX_CPUS_PER_REPLICA, ServerConfig
+from serving.control.actor import RayChannel, controller_for, existing_controller, forget
+from serving.control.controller import ControlSettings
+from serving.models.spec import DesiredState
+from serving.replica import Replica, normal_priority
+
+logger = logging.getLogger(__name__)
+
+DEPLOYMENT_NAME = "Replica"
+
+REPLICA_ENV = {"env_vars": {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0"}}
+"""The replica's servers run on the actor's own event loop, where Ray Serve also runs its
+internal grpc.aio server. grpc.aio wakes every loop that uses it in a process through one
+shared socket and forwards each event to its loop: with the servers on a second loop, half the
+wake-ups land on the wrong loop and bounce back (digits over gRPC lost ~20% of its throughput)."""
+
+EMBEDDED_RAY_ENV = {
+    "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5",
+    "RAY_enable_metrics_collection": "0",
+}
+"""What an embedded Ray's processes inherit, unless the environment already sets it. On an idle
+2-core node Ray's control plane took 0.105 cores, 5% of the machine, taken from the models.
+Serve's controller steps its control loop every 0.1 s by default and asks GCS for node
+resources at each step: at 0.5 s the controller and GCS cost a third as much, and a deploy takes
+~1.4 s longer (health checks run every 5 s anyway). Ray's own metrics are exported every few
+seconds from every process through the dashboard agent, which nothing reads when Ray runs
+embedded (it has no dashboard). Together: 0.045 cores idle. A Ray cluster keeps the settings of
+its own nodes."""
+
+EMBEDDED_SYSTEM_CONFIG = {"worker_niceness": 0}
+"""Ray starts workers at nice 15, for batch jobs; a server replica at nice 15 loses the CPU to
+any normal process, its own clients included."""
+
+
+def control_settings(config: ServerConfig) -> ControlSettings:
+    return ControlSettings(
+        repository=config.repository,
+        mode=config.model_control_mode,
+        load_models=config.load_models,
+        poll_s=config.repository_poll_s,
+        resume=config.resume,
+    )
+
+
+@serve.deployment(
+    name=DEPLOYMENT_NAME,
+    health_check_period_s=5,
+    health_check_timeout_s=30,
+    graceful_shutdown_timeout_s=30,
+)
+class ReplicaDeployment:
+    """One server replica, as a Ray Serve deployment."""
+
+    async def __init__(self, config: ServerConfig) -> None:  # type: ignore[misc]  # Serve awaits it
+        normal_priority()  # before any thread starts: threads inherit it
+        context = serve.get_replica_context()
+        handle = controller_for(context.app_name, control_settings(config), config.state_file)
+        self._node = ray.get_runtime_context().get_node_id()
+        self._replica = Replica(
+            config,
+            RayChannel(handle),
+            replica=context.replica_id.unique_id,
+            node=self._node[:12],
+        )
+        await self._replica.start()
+        listeners = self._replica.listeners
+        logger.info(
+            "replica serving HTTP on %s:%s, gRPC on %s",
+            config.host, listeners.http_port, listeners.grpc_port,
+        )  # fmt: skip
+
+    def check_health(self) -> None:
+        if not self._replica.alive:
+            raise RuntimeError("the replica's servers or its control loop have stopped")
+
+    def endpoints(self) -> dict[str, Any]:
+        listeners = self._replica.listeners
+        return {
+            "pid": os.getpid(),
+            "node": self._node,
+            "http_port": listeners.http_port,
+            "grpc_port": listeners.grpc_port,
+        }
+
+    async def __del__(self) -> None:
+        replica = getattr(self, "_replica", None)
+        if replica is not None:
+            await replica.stop()
+
+
+@dataclass(frozen=True)
+class Sizing:
+    """What the deployment asks Ray for, and why."""
+
+    replicas: int
+    replica_cpus: float
+    node_cpus: tuple[float, ...]
+    sized: bool
+    """Whether any of it was chosen here rather than given."""
+
+    def describe(self) -> str:
+        nodes = ", ".join(f"{c:g}" for c in self.node_cpus) or "none"
+        chosen = "sized to the cluster" if self.sized else "as configured"
+        return (
+            f"{self.replicas} replica(s) of {self.replica_cpus:g} CPUs ({chosen}; "
+            f"CPUs of the Ray node(s): {nodes})"
+        )
+
+
+def _node_cpus(config: ServerConfig) -> list[float]:
+    """The CPUs of every live node that can hold a replica (with the custom resources asked)."""
+    cpus = []
+    for node in ray.nodes():  # type: ignore[no-untyped-call]
+        resources = node.get("Resources", {})
+        if not node.get("Alive") or resources.get("CPU", 0) < 1:
+            continue
+        if all(resources.get(k, 0) >= v for k, v in config.replica_resources.items()):
+            cpus.append(float(resources["CPU"]))
+    return sorted(cpus, reverse=True)
+
+
+def size(config: ServerConfig, node_cpus: list[float]) -> Sizing:
+    """Replicas and CPUs per replica for ``node_cpus``: what ``config`` leaves out follows from
+    the nodes. A node gets one replica per ``MAX_CPUS_PER_REPLICA`` of its CPUs, sharing them
+    evenly; given a replica count, the largest per-replica share that fits that many."""
+    sized = config.replicas is None or config.replica_cpus is None
+    if not node_cpus:
+        node_cpus = [float(os.cpu_count() or 1)]
+
+    def fits(share: float) -> int:
+        return sum(int(c // share + 1e-9) for c in node_cpus)
+
+    replica_cpus = config.replica_cpus
+    if replica_cpus is None:
+        if config.replicas is None:
+            replica_cpus = min(c / math.ceil(c / MAX_CPUS_PER_REPLICA) for c in node_cpus)
+        else:
+            candidates = {c / k for c in node_cpus for k in range(1, config.replicas + 1)}
+            fitting = [s for s in candidates if fits(s) >= config.replicas]
+            replica_cpus = max(fitting, default=1.0)
+    replicas = config.replicas or max(1, fits(replica_cpus))
+    return Sizing(replicas, replica_cpus, tuple(node_cpus), sized)
+
+
+def build(config: ServerConfig) -> serve.Application:
+    assert config.replicas is not None and config.replica_cpus is not None
+    actor_options: dict[str, Any] = {"num_cpus": config.replica_cpus, "runtime_env": REPLICA_ENV}
+    if config.replica_resources:
+        actor_options["resources"] = dict(config.replica_resources)
+    return ReplicaDeployment.options(  # type: ignore[attr-defined,no-any-return]
+        num_replicas=config.replicas, ray_actor_options=actor_options
+    ).bind(config)
+
+
+def connect(
+    address: str | None = None,
+    *,
+    num_cpus: int | None = None,
+    proxy: tuple[str, int] | None = None,
+) -> None:
+    """Join the Ray cluster at ``address`` (or ``RAY_ADDRESS``), else start Ray embedded.
+
+    ``proxy`` (host, port) turns on Ray Serve's own HTTP proxy, for ``deploy_behind_proxy``;
+    the serving path does not need it.
+    """
+    if not ray.is_initialized():
+        address = address or os.environ.get("RAY_ADDRESS")
+        if address:
+            ray.init(address=address, logging_level=logging.WARNING)
+        else:
+            for name, value in EMBEDDED_RAY_ENV.items():
+                os.environ.setdefault(name, value)  # Ray's processes inherit the driver's env
+            ray.init(
+                num_cpus=num_cpus or os.cpu_count(),
+                include_dashboard=False,
+                logging_level=logging.WARNING,
+                _system_config=EMBEDDED_SYSTEM_CONFIG,
+            )
+    if proxy is None:
+        serve.start(proxy_location=ProxyLocation.Disabled)
+    else:
+        serve.start(
+            proxy_location=ProxyLocation.HeadOnly,
+            http_options={"host": proxy[0], "port": proxy[1]},
+        )
+
+
+def deploy(config: ServerConfig, *, name: str = "serving") -> tuple[ServerConfig, Sizing]:
+    """Deploy (or update) the application; returns once every replica serves, with the config
+    as deployed (sized to the cluster) and how it was sized."""
+    sizing = size(config, _node_cpus(config))
+    config = config.model_copy(
+        update={"replicas": sizing.replicas, "replica_cpus": sizing.replica_cpus}
+    )
+    handle = controller_for(name, control_settings(config), config.state_file)
+    state_file = None if config.state_file is None else str(config.state_file)
+    ray.get(handle.configure.remote(control_settings(config), state_file))
+    serve.run(build(config), name=name, route_prefix=None)
+    return config, sizing
+
+
+def controller(name: str = "serving") -> Any:
+    """The application's controller actor handle (None without one), for operations and
+    tests."""
+    return existing_controller(name)
+
+
+def current_state(name: str = "serving") -> DesiredState:
+    """The application's desired state, as its controller holds it now."""
+    handle = existing_controller(name)
+    if handle is None:
+        return DesiredState()
+    return cast(DesiredState, ray.get(handle.current.remote()))
+
+
+def replica_actor_names(name: str = "serving") -> list[str]:
+    """Ray actor names of the application's live replicas (for operations and tests)."""
+    prefix = f"SERVE_REPLICA::{name}#{DEPLOYMENT_NAME}#"
+    return [
+        actor["name"]
+        for actor in ray.util.list_named_actors(all_namespaces=True)
+        if actor["name"].startswith(prefix)
+    ]
+
+
+def delete(name: str = "serving") -> None:
+    """Delete the application and its controller (a state file is kept for the next start)."""
+    serve.delete(name)
+    forget(name)
+
+
+def shutdown() -> None:
+    serve.shutdown()  # type: ignore[no-untyped-call]
+    ray.shutdown()
+
+
+class _ProxiedApp:
+    """The replica's HTTP app, built on the replica at its first call (Ray Serve builds an
+    ingress app synchronously; loading the models needs the event loop)."""
+
+    def __init__(self, config: ServerConfig, app: str) -> None:
+        self._config = config
+        self._app_name = app
+        self._asgi: Any = None
+        self._starting: asyncio.Future[None] | None = None
+
+    async def _start(self) -> None:
+        from serving.transport.http import build_app
+
+        normal_priority()
+        handle = controller_for(
+            self._app_name, control_settings(self._config), self._config.state_file
+        )
+        replica = Replica(self._config, RayChannel(handle), replica=f"proxied-{os.getpid()}")
+        await replica.follower.converge()
+        replica.follower.start()
+        replica.dataplane.set_ready(True)
+        self._asgi = build_app(replica.dataplane, max_request_bytes=self._config.max_request_bytes)
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if self._asgi is None:
+            if self._starting is None:
+                self._starting = asyncio.ensure_future(self._start())
+            await asyncio.shield(self._starting)
+        await self._asgi(scope, receive, send)
+
+
+class ProxiedServer:
+    """Marker class for the proxied deployment; its routes come from the ASGI builder."""
+
+
+def deploy_behind_proxy(config: ServerConfig, *, name: str = "serving-proxied") -> Any:
+    """The same server behind Ray Serve's HTTP proxy (and its handle hop), for comparison.
+
+    Needs ``connect(proxy=...)``. HTTP only; ``config``'s ports are not used.
+    """
+    assert config.replicas is not None and config.replica_cpus is not None
+
+    def builder() -> Any:  # Ray Serve calls a plain function to build the app on the replica
+        return _ProxiedApp(config, name)
+
+    ingress = serve.ingress(builder)
+    deployment = serve.deployment(name="ProxiedServer")(ingress(ProxiedServer))
+    app = deployment.options(
+        num_replicas=config.replicas,
+        ray_actor_options={"num_cpus": config.replica_cpus},
+        # Ray Serve's default (5) makes its router back off and retry under any real
+        # concurrency; measured at its best instead.
+        max_ongoing_requests=1024,
+    ).bind()
+    handle = controller_for(name, control_settings(config), config.state_file)
+    ray.get(handle.configure.remote(control_settings(config), None))
+    return serve.run(app, name=name, route_prefix="/")

@@ -1,0 +1,566 @@
+"""The controller: one per application, the single source of truth for what every replica serves.
+
+It holds the desired state (which models and versions, with which config) under a revision
+number, persists every revision before publishing it, and answers the replicas' long polls with
+revisions newer than theirs. It merges what the replicas observe: each poll carries the
+replica's cumulative statistics and the versions it failed to load. Model control (load,
+unload, poll mode's rescans) changes the state here, one change at a time; a change returns once
+every live replica has applied it. A load whose new files fail on every replica is settled:
+the previous copy keeps serving and the load reports why.
+
+No Ray here (``actor.py`` hosts it in a named Ray actor): tests run it in-process with fake
+replicas and a fake clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import tempfile
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from serving.clock import MONOTONIC, Clock
+from serving.config import ModelControlMode
+from serving.control.channel import PollAnswer, ReplicaReport
+from serving.errors import ModelControlDisabledError, ModelLoadError, ModelNotFoundError
+from serving.models.repository import Hashes, config_override, model_directories, scan_model
+from serving.models.spec import DesiredState, ModelSpec, VersionSpec
+from serving.observe.stats import Key, StatsWindow
+
+logger = logging.getLogger(__name__)
+
+STATE_FORMAT = 1
+LIVENESS_S = 5.0
+"""A replica that has not polled for this long is taken for gone (replicas poll every second)."""
+APPLY_TIMEOUT_S = 600.0
+"""How long a model control change waits for every replica to apply it."""
+FLUSH_TIMEOUT_S = 2.0
+"""How long a statistics read waits for every replica's fresh counters."""
+TIMINGS_KEPT = 256
+
+
+class Store(Protocol):
+    """Somewhere the desired state survives the controller."""
+
+    def load(self) -> dict[str, Any] | None: ...
+
+    def save(self, document: dict[str, Any]) -> None: ...
+
+
+class FileStore:
+    """A JSON file, replaced atomically on every save."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def load(self) -> dict[str, Any] | None:
+        try:
+            document = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as error:
+            logger.warning("ignoring unreadable state file %s: %s", self.path, error)
+            return None
+        return document if isinstance(document, dict) else None
+
+    def save(self, document: dict[str, Any]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, temporary = tempfile.mkstemp(dir=self.path.parent, prefix=".state-")
+        with os.fdopen(fd, "w") as handle:
+            json.dump(document, handle)
+        os.replace(temporary, self.path)
+
+
+@dataclass(frozen=True)
+class ControlSettings:
+    repository: Path
+    mode: ModelControlMode = "explicit"
+    load_models: tuple[str, ...] = ()
+    poll_s: float = 15.0
+    resume: bool = True
+
+
+@dataclass
+class _Seen:
+    report: ReplicaReport
+    at: float
+
+
+class Controller:
+    def __init__(
+        self,
+        settings: ControlSettings,
+        *,
+        live_store: Store | None = None,
+        durable_store: Store | None = None,
+        clock: Clock = MONOTONIC,
+        liveness_s: float = LIVENESS_S,
+        apply_timeout_s: float = APPLY_TIMEOUT_S,
+    ) -> None:
+        self.settings = settings
+        self._live_store = live_store
+        """Lasts as long as the cluster (Ray's GCS): a restarted controller resumes from it
+        exactly."""
+        self._durable_store = durable_store
+        """Outlasts the cluster (a state file): a restarted server reloads what it names."""
+        self._clock = clock
+        self._liveness_s = liveness_s
+        self._apply_timeout_s = apply_timeout_s
+        self.state = DesiredState()
+        self._replicas: dict[str, _Seen] = {}
+        self._departed: dict[str, dict[Key, StatsWindow]] = {}
+        self._flush = 0
+        self._tick = asyncio.Event()
+        self._lock = asyncio.Lock()
+        self._hashes = Hashes()
+        self._previous: dict[str, ModelSpec] = {}
+        """Each model's spec before its latest change: what a failed load falls back to."""
+        self._changed_at: dict[str, int] = {}
+        self._unloaded_versions: dict[str, tuple[int, ...]] = {}
+        self._failed: dict[Key, str] = {}
+        """(model, version) → the sha256 that failed on every replica: poll mode does not retry
+        it until the file changes."""
+        self._timings: OrderedDict[int, tuple[float, dict[str, float]]] = OrderedDict()
+        self._poller: asyncio.Task[None] | None = None
+
+    # -- start ---------------------------------------------------------------------------------
+
+    async def start(self, *, revision_floor: int = 0) -> None:
+        """Resume the saved state, or plan one from the repository; poll mode starts polling.
+        ``revision_floor``: revisions continue above it (a controller replacing another)."""
+        document = self._live_store.load() if self._live_store else None
+        if revision_floor == 0 and self._matches(document):
+            assert document is not None
+            self._restore(document)
+            logger.info("controller resumed revision %d", self.state.revision)
+        else:
+            saved = self._durable_store.load() if self._durable_store else None
+            resumed = saved if self.settings.resume and self._matches(saved) else None
+            await self._plan_start(resumed, revision_floor)
+        if self.settings.mode == "poll":
+            self._poller = asyncio.create_task(self._poll_repository())
+
+    async def stop(self) -> None:
+        if self._poller is not None:
+            self._poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poller
+
+    def _matches(self, document: dict[str, Any] | None) -> bool:
+        return (
+            document is not None
+            and document.get("format") == STATE_FORMAT
+            and document.get("repository") == str(self.settings.repository)
+        )
+
+    def _restore(self, document: dict[str, Any]) -> None:
+        self.state = DesiredState.from_json(document["state"])
+        self._unloaded_versions = {
+            name: tuple(versions)
+            for name, versions in document.get("unloaded_versions", {}).items()
+        }
+        for name in [*self.state.models, *self.state.unloaded]:
+            self._changed_at[name] = self.state.revision
+
+    async def _plan_start(self, saved: dict[str, Any] | None, revision_floor: int) -> None:
+        settings = self.settings
+        on_disk = [d.name for d in model_directories(settings.repository)]
+        overrides: dict[str, str | None] = {}
+        unloaded: set[str] = set()
+        revision = revision_floor
+        if settings.mode == "explicit" and saved is not None:
+            previous = DesiredState.from_json(saved["state"])
+            revision = max(revision, previous.revision)
+            overrides = {name: spec.override for name, spec in previous.models.items()}
+            unloaded = set(previous.unloaded)
+            self._unloaded_versions = {
+                name: tuple(v) for name, v in saved.get("unloaded_versions", {}).items()
+            }
+            named = [n for n in settings.load_models if n != "*"]
+            names = sorted({*overrides, *named})
+            logger.info("resuming %d models from the saved state", len(names))
+        elif (
+            settings.mode == "explicit" and settings.load_models and "*" not in settings.load_models
+        ):
+            names = sorted(set(settings.load_models))
+        else:
+            names = on_disk
+        models = {}
+        for name in names:
+            try:
+                models[name] = await self._plan(name, overrides.get(name))
+            except ModelNotFoundError as error:
+                logger.error("cannot load %s at start: %s", name, error.message)
+        self.state = DesiredState(revision, {}, frozenset())
+        await self._commit(models, frozenset(unloaded - set(models)))
+
+    # -- planning and committing ---------------------------------------------------------------
+
+    async def _plan(self, name: str, override: str | None) -> ModelSpec:
+        """What serving ``name`` from the repository (with ``override`` as its config) means now:
+        its config and the versions the policy picks, each with its file's sha256."""
+        directory = self.settings.repository / name
+        if "/" in name or name.startswith(".") or not directory.is_dir():
+            raise ModelNotFoundError(
+                model=name, known=[d.name for d in model_directories(self.settings.repository)]
+            )
+        config = config_override(override) if override else None
+        source = scan_model(directory, config)
+        if source.error is not None:
+            return ModelSpec(name, source.config, error=source.error, override=override)
+        versions: list[VersionSpec] = []
+        unavailable: list[tuple[int, str]] = []
+        for found in source.versions:
+            shown = f"{name}/{found.version}/{source.config.model_filename}"
+            try:
+                sha = await asyncio.to_thread(self._hashes.sha256, found.path)
+            except FileNotFoundError:
+                unavailable.append((found.version, f"model file {shown} not found"))
+                continue
+            except OSError as error:
+                unavailable.append((found.version, f"cannot read {shown}: {error.strerror}"))
+                continue
+            versions.append(VersionSpec(found.version, sha))
+        return ModelSpec(name, source.config, tuple(versions), tuple(unavailable), None, override)
+
+    async def _commit(
+        self,
+        models: dict[str, ModelSpec],
+        unloaded: frozenset[str],
+        *,
+        correction: bool = False,
+    ) -> int:
+        """Publish a new revision (saved first). ``correction``: it settles a failed change,
+        so the specs it replaces are not worth falling back to."""
+        old = self.state
+        revision = old.revision + 1
+        for name in {*old.models, *models}:
+            before, after = old.models.get(name), models.get(name)
+            if before == after:
+                continue
+            self._changed_at[name] = revision
+            if not correction and before is not None:
+                self._previous[name] = before
+            if after is None and before is not None:
+                self._unloaded_versions[name] = tuple(v.version for v in before.versions)
+        state = DesiredState(revision, models, unloaded)
+        document = {
+            "format": STATE_FORMAT,
+            "repository": str(self.settings.repository),
+            "mode": self.settings.mode,
+            "state": state.to_json(),
+            "unloaded_versions": {k: list(v) for k, v in self._unloaded_versions.items()},
+        }
+        for store in (self._live_store, self._durable_store):
+            if store is not None:
+                await asyncio.to_thread(store.save, document)
+        self.state = state
+        self._timings[revision] = (self._clock.now(), {})
+        while len(self._timings) > TIMINGS_KEPT:
+            self._timings.popitem(last=False)
+        self._wake()
+        logger.info("revision %d: %s", revision, ", ".join(sorted(models)) or "no models")
+        return revision
+
+    # -- model control -------------------------------------------------------------------------
+
+    def _require_explicit(self) -> None:
+        if self.settings.mode != "explicit":
+            raise ModelControlDisabledError(mode=self.settings.mode)
+
+    async def load(self, name: str, override: str | None = None) -> None:
+        """Load (or reload) ``name``; returns once every live replica serves it, or raises
+        :class:`ModelLoadError` saying what failed, with what was served before still
+        serving."""
+        self._require_explicit()
+        async with self._lock:
+            spec = await self._plan(name, override)
+            current = self.state.models.get(name)
+            if spec.error is not None and current is not None and current.error is None:
+                raise ModelLoadError(model=name, problems=[spec.error])
+            if spec == current:
+                return
+            models = {**self.state.models, name: spec}
+            revision = await self._commit(models, self.state.unloaded - {name})
+        await self._until_applied(revision)
+        async with self._lock:
+            problems = await self._settle(name, revision)
+        if spec.error is not None:
+            problems.insert(0, spec.error)
+        problems[:0] = [f"version {v}: {reason}" for v, reason in spec.unavailable]
+        if problems:
+            raise ModelLoadError(model=name, problems=problems)
+
+    async def unload(self, name: str) -> None:
+        """Unload ``name`` (a model that is not loaded is left as it is, as Triton does);
+        returns once every live replica has stopped serving it."""
+        self._require_explicit()
+        async with self._lock:
+            if name not in self.state.models:
+                return
+            models = {n: s for n, s in self.state.models.items() if n != name}
+            revision = await self._commit(models, self.state.unloaded | {name})
+        await self._until_applied(revision)
+
+    async def _settle(self, name: str, revision: int) -> list[str]:
+        """After ``revision`` changed ``name`` and the replicas applied it: the problems to
+        report, and, for versions that failed on every replica, a correcting revision (the
+        previous copy back, or the version marked unavailable). Call under the lock."""
+        spec = self.state.models.get(name)
+        if spec is None or self._changed_at.get(name) != revision:
+            return []  # changed again since: that change settles itself
+        applied = [s.report for s in self._live() if s.report.applied >= revision]
+        failing: dict[int, list[str]] = {}
+        for report in applied:
+            for (model, version), (sha, reason) in report.failures.items():
+                wanted = spec.version(version) if model == name else None
+                if wanted is not None and wanted.sha256 == sha:
+                    failing.setdefault(version, []).append(reason)
+        problems = [
+            f"version {v}: failed on {len(reasons)} of {len(applied)} replicas: {reasons[0]}"
+            for v, reasons in sorted(failing.items())
+            if len(reasons) < len(applied)
+        ]
+        everywhere = {v: r[0] for v, r in failing.items() if len(r) == len(applied)}
+        if not everywhere:
+            return problems
+        problems += [f"version {v}: {reason}" for v, reason in sorted(everywhere.items())]
+        for version in everywhere:
+            failed = spec.version(version)
+            assert failed is not None
+            self._failed[(name, version)] = failed.sha256
+        previous = self._previous.get(name)
+        if previous is not None and previous.error is None and previous.config != spec.config:
+            corrected = previous
+            problems.append("the previous configuration keeps serving")
+        else:
+            kept: list[VersionSpec] = []
+            unavailable = list(spec.unavailable)
+            for wanted in spec.versions:
+                if wanted.version not in everywhere:
+                    kept.append(wanted)
+                    continue
+                old = previous.version(wanted.version) if previous else None
+                if old is not None and old.sha256 != wanted.sha256:
+                    kept.append(old)
+                    problems.append(f"version {wanted.version}: the previous file keeps serving")
+                else:
+                    unavailable.append((wanted.version, everywhere[wanted.version]))
+            corrected = dataclasses.replace(
+                spec, versions=tuple(kept), unavailable=tuple(sorted(unavailable))
+            )
+        models = {**self.state.models, name: corrected}
+        correction = await self._commit(models, self.state.unloaded, correction=True)
+        self._changed_at[name] = correction
+        return problems
+
+    async def _poll_repository(self) -> None:
+        while True:
+            await self._clock.wait(asyncio.Event(), self.settings.poll_s)
+            try:
+                await self.rescan()
+            except Exception:
+                logger.exception(
+                    "repository poll failed; trying again in %.0f s", self.settings.poll_s
+                )
+
+    async def rescan(self) -> None:
+        """Poll mode: bring the state in line with the repository (new, changed and removed
+        models and versions); versions that failed everywhere are retried once their file
+        changes."""
+        async with self._lock:
+            models = dict(self.state.models)
+            on_disk = [d.name for d in model_directories(self.settings.repository)]
+            changed = []
+            for name in on_disk:
+                spec = self._without_known_failures(await self._plan(name, None))
+                if spec != models.get(name):
+                    models[name] = spec
+                    changed.append(name)
+            removed = [n for n in models if n not in on_disk]
+            for name in removed:
+                del models[name]
+            if not changed and not removed:
+                return
+            revision = await self._commit(models, self.state.unloaded | set(removed))
+        await self._until_applied(revision)
+        async with self._lock:
+            for name in changed:
+                problems = await self._settle(name, revision)
+                if problems:
+                    logger.error("poll: load failed for %s: %s", name, "; ".join(problems))
+
+    def _without_known_failures(self, spec: ModelSpec) -> ModelSpec:
+        current = self.state.models.get(spec.name)
+        known = dict(current.unavailable) if current else {}
+        kept, unavailable = [], list(spec.unavailable)
+        for wanted in spec.versions:
+            if self._failed.get((spec.name, wanted.version)) == wanted.sha256:
+                previous = current.version(wanted.version) if current else None
+                if previous is not None:
+                    kept.append(previous)
+                else:
+                    unavailable.append((wanted.version, known.get(wanted.version, "failed")))
+            else:
+                kept.append(wanted)
+        return dataclasses.replace(spec, versions=tuple(kept), unavailable=tuple(unavailable))
+
+    # -- replicas ------------------------------------------------------------------------------
+
+    def _wake(self) -> None:
+        tick, self._tick = self._tick, asyncio.Event()
+        tick.set()
+
+    def _live(self) -> list[_Seen]:
+        """Replicas heard from lately; the others' last statistics are kept as departed."""
+        horizon = self._clock.now() - self._liveness_s
+        for replica in [r for r, seen in self._replicas.items() if seen.at < horizon]:
+            seen = self._replicas.pop(replica)
+            self._departed[replica] = seen.report.stats
+            logger.warning("replica %s stopped polling; taking it for gone", replica)
+        return list(self._replicas.values())
+
+    async def poll(self, report: ReplicaReport, timeout_s: float) -> PollAnswer:
+        """Record ``report``; answer at once with a newer revision or a statistics flush
+        request, else after ``timeout_s`` (0: a report that expects no news)."""
+        now = self._clock.now()
+        self._departed.pop(report.replica, None)
+        previous = self._replicas.get(report.replica)
+        self._replicas[report.replica] = _Seen(report, now)
+        if previous is None or previous.report.applied < report.applied:
+            for revision in range(
+                previous.report.applied + 1 if previous else report.applied, report.applied + 1
+            ):
+                if revision in self._timings:
+                    self._timings[revision][1].setdefault(report.replica, now)
+        self._wake()
+        deadline = now + timeout_s
+        while True:
+            if self.state.revision > report.known:
+                return PollAnswer(self.state, self._flush)
+            if self._flush > report.flushed:
+                return PollAnswer(None, self._flush)
+            remaining = deadline - self._clock.now()
+            if remaining <= 0:
+                return PollAnswer(None, self._flush)
+            await self._clock.wait(self._tick, remaining)
+
+    async def _until(self, done: Any, timeout_s: float) -> bool:
+        deadline = self._clock.now() + timeout_s
+        while not done():
+            remaining = deadline - self._clock.now()
+            if remaining <= 0:
+                return False
+            # Re-checked at least every half second: a replica that stops polling leaves.
+            await self._clock.wait(self._tick, min(remaining, 0.5))
+        return True
+
+    async def _until_applied(self, revision: int) -> None:
+        def applied() -> bool:
+            return all(s.report.applied >= revision for s in self._live())
+
+        if not await self._until(applied, self._apply_timeout_s):
+            late = [s.report.replica for s in self._live() if s.report.applied < revision]
+            logger.error(
+                "revision %d not applied by %s after %.0f s", revision, late, self._apply_timeout_s
+            )
+
+    async def statistics(self) -> dict[Key, StatsWindow]:
+        """The application's totals per model version: every replica asked for fresh counters
+        (waiting at most ``FLUSH_TIMEOUT_S``), departed replicas' last counters included."""
+        self._flush += 1
+        flush = self._flush
+        self._wake()
+        await self._until(
+            lambda: all(s.report.flushed >= flush for s in self._live()), FLUSH_TIMEOUT_S
+        )
+        totals: dict[Key, StatsWindow] = {}
+        sources = [*self._departed.values(), *(s.report.stats for s in self._live())]
+        for windows in sources:
+            for key, window in windows.items():
+                totals.setdefault(key, StatsWindow()).add(window)
+        return totals
+
+    def timings(self) -> dict[int, tuple[float, dict[str, float]]]:
+        """Revision → (when committed, {replica: when its report of applying it arrived}), on
+        the controller's clock: how long changes take to reach every replica."""
+        return {revision: (at, dict(seen)) for revision, (at, seen) in self._timings.items()}
+
+    def replicas(self) -> list[ReplicaReport]:
+        return [s.report for s in self._live()]
+
+    # -- the repository index ------------------------------------------------------------------
+
+    def index(self, ready_only: bool = False) -> list[dict[str, Any]]:
+        """Every model in the repository (and every loaded one) with each version's state:
+        READY, LOADING (not yet applied everywhere), UNLOADING, UNAVAILABLE with the reason;
+        models never loaded have a name only, as Triton lists them."""
+        live = [s.report for s in self._live()]
+        applied = min((r.applied for r in live), default=self.state.revision)
+        try:
+            on_disk = [d.name for d in model_directories(self.settings.repository)]
+        except FileNotFoundError:
+            on_disk = []
+        rows: list[dict[str, Any]] = []
+        for name in sorted({*on_disk, *self.state.models}):
+            spec = self.state.models.get(name)
+            settled = self._changed_at.get(name, 0) <= applied
+            if spec is None:
+                rows += self._unloaded_rows(name, settled)
+                continue
+            if spec.error is not None:
+                rows.append(_row(name, "", "UNAVAILABLE", spec.error))
+                continue
+            unavailable = dict(spec.unavailable)
+            for number in sorted({*(v.version for v in spec.versions), *unavailable}):
+                if number in unavailable:
+                    rows.append(_row(name, str(number), "UNAVAILABLE", unavailable[number]))
+                elif not settled:
+                    rows.append(_row(name, str(number), "LOADING", ""))
+                else:
+                    rows.append(self._served_row(name, spec, number, live))
+        if ready_only:
+            rows = [r for r in rows if r.get("state") == "READY"]
+        return rows
+
+    def _unloaded_rows(self, name: str, settled: bool) -> list[dict[str, Any]]:
+        if name not in self.state.unloaded:
+            return [{"name": name}]
+        state, reason = ("UNAVAILABLE", "unloaded") if settled else ("UNLOADING", "")
+        versions = self._unloaded_versions.get(name) or ()
+        return [_row(name, str(v), state, reason) for v in versions] or [
+            _row(name, "", state, reason)
+        ]
+
+    @staticmethod
+    def _served_row(
+        name: str, spec: ModelSpec, number: int, live: list[ReplicaReport]
+    ) -> dict[str, Any]:
+        wanted = spec.version(number)
+        assert wanted is not None
+        reasons = [
+            reason
+            for report in live
+            if (failure := report.failures.get((name, number))) is not None
+            for sha, reason in [failure]
+            if sha == wanted.sha256
+        ]
+        if not reasons:
+            return _row(name, str(number), "READY", "")
+        if len(reasons) == len(live):
+            return _row(name, str(number), "UNAVAILABLE", reasons[0])
+        return _row(
+            name, str(number), "READY", f"failed on {len(reasons)} of {len(live)} replicas: "
+            f"{reasons[0]}"
+        )  # fmt: skip
+
+
+def _row(name: str, version: str, state: str, reason: str) -> dict[str, Any]:
+    return {"name": name, "version": version, "state": state, "reason": reason}

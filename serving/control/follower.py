@@ -1,0 +1,124 @@
+"""A replica's side of the control plane: long-poll the controller, apply each new revision to
+the registry, report statistics and load failures.
+
+Two tasks: the poller keeps a long poll open (each poll carries a fresh report, at least once a
+second) and the applier applies the newest revision it was handed, off the poller's path, so a
+replica loading a large model keeps reporting. While the controller is away the replica serves
+its last state and retries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from serving.control.channel import ControlChannel, ReplicaReport
+from serving.models.registry import Registry
+from serving.models.spec import DesiredState
+
+logger = logging.getLogger(__name__)
+
+POLL_TIMEOUT_S = 1.0
+"""The longest a poll stays open, so statistics reach the controller at least this often."""
+RETRY_S = 0.5
+
+
+class Follower:
+    def __init__(
+        self,
+        channel: ControlChannel,
+        registry: Registry,
+        *,
+        replica: str,
+        node: str = "",
+        poll_timeout_s: float = POLL_TIMEOUT_S,
+    ) -> None:
+        self._channel = channel
+        self._registry = registry
+        self._replica = replica
+        self._node = node
+        self._poll_timeout_s = poll_timeout_s
+        self._known = 0
+        self._flushed = 0
+        self._desired: DesiredState | None = None
+        self._wanted = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def converge(self, timeout_s: float = 600.0) -> None:
+        """Apply the controller's current revision, and any that follows while applying; for a
+        replica starting up, before it serves."""
+        async with asyncio.timeout(timeout_s):
+            state = await self._channel.current()
+            while state.revision > self._registry.revision:
+                await self._registry.apply(state)
+                self._known = max(self._known, state.revision)
+                state = await self._channel.current()
+        await self._report_now()
+
+    def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._poll(), name="control-poll"),
+            asyncio.create_task(self._apply(), name="control-apply"),
+        ]
+
+    @property
+    def alive(self) -> bool:
+        return bool(self._tasks) and not any(t.done() for t in self._tasks)
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks = []
+
+    def report(self) -> ReplicaReport:
+        return ReplicaReport(
+            replica=self._replica,
+            node=self._node,
+            known=self._known,
+            applied=self._registry.revision,
+            flushed=self._flushed,
+            stats=self._registry.book.snapshot(),
+            failures=dict(self._registry.failures),
+        )
+
+    async def _report_now(self) -> None:
+        with contextlib.suppress(Exception):
+            await self._channel.poll(self.report(), 0.0)
+
+    async def _poll(self) -> None:
+        while True:
+            flushing = self._flushed
+            try:
+                answer = await self._channel.poll(self.report(), self._poll_timeout_s)
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                logger.warning("controller unreachable (%s); serving the last state", error)
+                await asyncio.sleep(RETRY_S)
+                continue
+            if answer.state is not None and answer.state.revision > self._known:
+                self._known = answer.state.revision
+                self._desired = answer.state
+                self._wanted.set()
+            if answer.flush > flushing:
+                # The next poll, sent at once, carries counters taken after the request.
+                self._flushed = answer.flush
+
+    async def _apply(self) -> None:
+        while True:
+            await self._wanted.wait()
+            self._wanted.clear()
+            state = self._desired
+            if state is None or state.revision <= self._registry.revision:
+                continue
+            try:
+                await self._registry.apply(state)
+            except Exception:
+                logger.exception("applying revision %d failed", state.revision)
+                continue
+            logger.info("applied revision %d", state.revision)
+            await self._report_now()

@@ -1,0 +1,224 @@
+"""The model versions a replica serves, and their lifecycle.
+
+The registry changes only by applying a :class:`DesiredState`: versions it lacks are loaded (off
+the event loop) and warmed up while the old ones keep serving, then swapped in; versions that
+leave are retired and drained (every request inside is answered) before their sessions close.
+A config change that keeps the session (batching, labels, policy) swaps in a new scheduler over
+the same session. A version that fails to load here keeps its previous copy serving, if there
+is one; the failure is recorded for the controller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from serving.clock import Clock
+from serving.config import ModelConfig
+from serving.errors import ModelNotFoundError, ModelNotReadyError
+from serving.models.execution import Workers
+from serving.models.loader import Loaded, LoadError, RuntimeFactory, load_version, signed
+from serving.models.spec import DesiredState, ModelSpec, VersionSpec
+from serving.models.version import ModelVersion
+from serving.observe.stats import StatsBook
+
+logger = logging.getLogger(__name__)
+
+DRAIN_TIMEOUT_S = 60.0
+"""How long a retired version waits for the requests inside it before its session closes."""
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A model as requests see it: its ready versions and why the others cannot serve."""
+
+    name: str
+    config: ModelConfig
+    versions: Mapping[int, ModelVersion] = field(default_factory=dict)
+    unavailable: Mapping[int, str] = field(default_factory=dict)
+    error: str | None = None
+
+    @property
+    def default(self) -> ModelVersion | None:
+        """The highest ready version."""
+        return self.versions[max(self.versions)] if self.versions else None
+
+    def not_ready_reason(self) -> str:
+        if self.error:
+            return self.error
+        reasons = [f"version {v}: {r}" for v, r in sorted(self.unavailable.items())]
+        return "; ".join(reasons) or "no version is loaded"
+
+    def known(self) -> list[int]:
+        return sorted({*self.versions, *self.unavailable})
+
+
+def _same_session(a: ModelConfig, b: ModelConfig) -> bool:
+    """Whether a session opened for ``a`` serves ``b`` unchanged: same file, providers and
+    threads."""
+    return (a.model_filename, a.execution_providers, a.instance_count) == (
+        b.model_filename,
+        b.execution_providers,
+        b.instance_count,
+    )
+
+
+class Registry:
+    def __init__(
+        self,
+        repository: Path,
+        factory: RuntimeFactory,
+        *,
+        workers: Workers,
+        clock: Clock,
+        book: StatsBook | None = None,
+        drain_timeout_s: float = DRAIN_TIMEOUT_S,
+    ) -> None:
+        self._repository = repository
+        self._factory = factory
+        self._workers = workers
+        self._clock = clock
+        self.book = book or StatsBook()
+        self._drain_timeout_s = drain_timeout_s
+        self._models: dict[str, ModelEntry] = {}
+        self._draining: set[asyncio.Task[None]] = set()
+        self.revision = 0
+        """The revision of the desired state last applied in full."""
+        self.failures: dict[tuple[str, int], tuple[str, str]] = {}
+        """(model, version) → (sha256, reason): what this replica failed to load of the
+        applied state."""
+
+    # -- what requests see ---------------------------------------------------------------------
+
+    @property
+    def entries(self) -> list[ModelEntry]:
+        return [self._models[name] for name in sorted(self._models)]
+
+    def entry(self, name: str) -> ModelEntry:
+        try:
+            return self._models[name]
+        except KeyError:
+            raise ModelNotFoundError(model=name, known=sorted(self._models)) from None
+
+    def resolve(self, name: str, version: int | None) -> ModelVersion:
+        """The version to serve: the one asked for, else the model's highest ready version."""
+        entry = self.entry(name)
+        if version is None:
+            default = entry.default
+            if default is None:
+                raise ModelNotReadyError(model=name, version=None, reason=entry.not_ready_reason())
+            return default
+        found = entry.versions.get(version)
+        if found is not None:
+            return found
+        if version in entry.unavailable:
+            raise ModelNotReadyError(
+                model=name, version=str(version), reason=entry.unavailable[version]
+            )
+        raise ModelNotFoundError(
+            model=name, version=str(version), known=[str(v) for v in entry.known()]
+        )
+
+    # -- changes -------------------------------------------------------------------------------
+
+    async def apply(self, state: DesiredState) -> None:
+        """Make this replica serve ``state``; returns once every version is loaded (or has
+        failed) and swapped in. Retired versions drain in the background."""
+        for name in [n for n in self._models if n not in state.models]:
+            entry = self._models.pop(name)
+            self._retire(entry.versions.values())
+        self.failures = {k: v for k, v in self.failures.items() if k[0] in state.models}
+        for spec in state.models.values():
+            await self._apply_model(spec)
+        self.revision = state.revision
+
+    async def _apply_model(self, spec: ModelSpec) -> None:
+        current = self._models.get(spec.name)
+        serving: dict[int, ModelVersion] = {}
+        unavailable = dict(spec.unavailable)
+        for wanted in spec.versions:
+            key = (spec.name, wanted.version)
+            old = current.versions.get(wanted.version) if current else None
+            if old is not None and old.sha256 == wanted.sha256 and old.config == spec.config:
+                serving[wanted.version] = old
+                continue
+            try:
+                fresh = await self._build(spec, wanted, old)
+            except LoadError as error:
+                logger.error("%s version %s: %s", spec.name, wanted.version, error.reason)
+                self.failures[key] = (wanted.sha256, error.reason)
+                if old is not None:
+                    serving[wanted.version] = old  # the previous copy keeps serving
+                else:
+                    unavailable[wanted.version] = error.reason
+                continue
+            self.failures.pop(key, None)
+            serving[wanted.version] = fresh
+        if spec.error:
+            logger.error("%s is UNAVAILABLE: %s", spec.name, spec.error)
+        self._models[spec.name] = ModelEntry(
+            spec.name, spec.config, serving, unavailable, spec.error
+        )
+        if current is not None:
+            kept = {id(v) for v in serving.values()}
+            self._retire(v for v in current.versions.values() if id(v) not in kept)
+
+    async def _build(
+        self, spec: ModelSpec, wanted: VersionSpec, old: ModelVersion | None
+    ) -> ModelVersion:
+        shown = f"{spec.name}/{wanted.version}/{spec.config.model_filename}"
+        stats = self.book.window(spec.name, wanted.version)
+        if (
+            old is not None
+            and old.sha256 == wanted.sha256
+            and _same_session(old.config, spec.config)
+        ):
+            signature = signed(spec.config, old.runtime, shown)
+            loaded = Loaded(old.runtime, signature, old.sha256)
+            fresh = ModelVersion(
+                spec.name,
+                wanted.version,
+                spec.config,
+                loaded,
+                workers=self._workers,
+                clock=self._clock,
+                stats=stats,
+                execution=old.execution,
+            )
+            old.owns_runtime = False
+            return fresh
+        path = self._repository / shown
+        loaded = await asyncio.to_thread(
+            load_version,
+            path,
+            spec.config,
+            self._factory,
+            shown=shown,
+            expected_sha256=wanted.sha256,
+        )
+        return ModelVersion(
+            spec.name,
+            wanted.version,
+            spec.config,
+            loaded,
+            workers=self._workers,
+            clock=self._clock,
+            stats=stats,
+        )
+
+    def _retire(self, versions: Iterable[ModelVersion]) -> None:
+        for version in versions:
+            task = asyncio.create_task(version.drain(self._drain_timeout_s))
+            self._draining.add(task)
+            task.add_done_callback(self._draining.discard)
+
+    async def close(self) -> None:
+        """Retire everything and wait for the drains."""
+        for entry in self._models.values():
+            self._retire(entry.versions.values())
+        self._models.clear()
+        if self._draining:
+            await asyncio.gather(*self._draining, return_exceptions=True)

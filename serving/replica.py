@@ -1,0 +1,99 @@
+"""One server replica: its registry of model versions, the dataplane over it, the follower that
+keeps it on the controller's revision, and its listeners. Nothing here imports Ray; the Ray
+Serve deployment (``control/cluster.py``) hosts one of these per replica actor."""
+
+from __future__ import annotations
+
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from serving.clock import MONOTONIC, Clock
+from serving.config import ModelConfig, ServerConfig
+from serving.control.channel import ControlChannel
+from serving.control.follower import Follower
+from serving.dataplane import DataPlane
+from serving.models.execution import Workers
+from serving.models.loader import RuntimeFactory
+from serving.models.registry import Registry
+from serving.models.runtimes.base import Runtime
+from serving.transport.servers import Listeners
+
+logger = logging.getLogger(__name__)
+
+INFERENCE_THREADS = 16
+"""Worker threads for executions that leave the event loop. Idle threads cost nothing;
+executions beyond the pool's size would queue behind it."""
+
+
+def onnx_factory(config: ServerConfig) -> RuntimeFactory:
+    """ONNX Runtime sessions with ``config.threads_per_instance`` threads each."""
+    from serving.models.runtimes.onnx import ONNXRuntime, SessionOptions
+
+    def open_session(path: Path, model: ModelConfig) -> Runtime:
+        options = SessionOptions(intra_op_threads=config.threads_per_instance(model))
+        return ONNXRuntime(path, providers=model.execution_providers, options=options)
+
+    return open_session
+
+
+def normal_priority() -> None:
+    """Run the calling thread, and the threads it starts, at nice 0 where it runs nicer.
+
+    Ray starts workers at nice 15 unless its nodes set ``RAY_worker_niceness=0`` (the embedded
+    Ray does). Raising priority needs CAP_SYS_NICE; without it the replica says so and carries on.
+    """
+    current = os.getpriority(os.PRIO_PROCESS, 0)
+    if current <= 0:
+        return
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, 0)  # on Linux: this thread
+    except PermissionError:
+        logger.warning(
+            "replica runs at nice %d and may not lower it; any busy process on the node will "
+            "take the CPU from it. Start the Ray nodes with RAY_worker_niceness=0.",
+            current,
+        )
+
+
+class Replica:
+    def __init__(
+        self,
+        config: ServerConfig,
+        channel: ControlChannel,
+        *,
+        replica: str,
+        node: str = "",
+        factory: RuntimeFactory | None = None,
+        clock: Clock = MONOTONIC,
+    ) -> None:
+        self.config = config
+        executor = ThreadPoolExecutor(INFERENCE_THREADS, thread_name_prefix="infer")
+        self.registry = Registry(
+            config.repository,
+            factory or onnx_factory(config),
+            workers=Workers(executor, config.inline_below_us / 1e6),
+            clock=clock,
+        )
+        self.follower = Follower(channel, self.registry, replica=replica, node=node)
+        self.dataplane = DataPlane(self.registry, channel, clock=clock)
+        served_by = f"{replica}@{node}" if node else replica
+        self.listeners = Listeners(config, self.dataplane, served_by=served_by)
+
+    async def start(self) -> None:
+        """Serve the controller's current revision, then listen."""
+        await self.follower.converge()
+        self.follower.start()
+        await self.listeners.start()
+        self.dataplane.set_ready(True)
+
+    async def stop(self) -> None:
+        self.dataplane.set_ready(False)
+        await self.listeners.stop()
+        await self.follower.stop()
+        await self.registry.close()
+
+    @property
+    def alive(self) -> bool:
+        return self.listeners.alive and self.follower.alive
