@@ -12,8 +12,8 @@ from typing import Any
 import httpx
 import pytest
 
-from serving.control import cluster
 from serving.config import ServerConfig
+from serving.control import cluster
 from serving.transport.servers import reserve_port
 from tests.integration.clients import PROTOCOLS, V2Client
 

@@ -64,17 +64,18 @@ def test_malformed_versions_get_the_same_answer_on_every_transport(
     server: Server, version: str
 ) -> None:
     answers = set()
+    row = [In("input", np.zeros((1, 64), np.float32), "FP32")]
     for protocol in ("http", "grpc"):
         client = V2Client(protocol, server.http_url, server.grpc_url)
         sent = quote(version) if protocol == "http" else version  # tritonclient.http does not
-        row = [In("input", np.zeros((1, 64), np.float32), "FP32")]
-        for call in (
-            lambda: client.model_metadata("digits", sent),
-            lambda: client.model_config("digits", sent),
-            lambda: client.infer("digits", row, version=sent),
-        ):
+        calls = [
+            (client.model_metadata, ("digits", sent), {}),
+            (client.model_config, ("digits", sent), {}),
+            (client.infer, ("digits", row), {"version": sent}),
+        ]
+        for call, args, kwargs in calls:
             with pytest.raises(InferenceServerException) as caught:
-                call()
+                call(*args, **kwargs)  # type: ignore[operator]
             assert error_code(caught.value) is ErrorCode.INVALID_ARGUMENT
             answers.add(caught.value.message())
     assert len(answers) == 1, answers

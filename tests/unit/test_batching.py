@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from serving.models.scheduling.batcher import Batcher, BatcherOptions, BatchRecord
 from serving.errors import DeadlineExceededError, OverloadedError
+from serving.models.scheduling.batcher import Batcher, BatcherOptions, BatchRecord
 from tests.unit.fakes import FakeClock, FakeModel
 
 
