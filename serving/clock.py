@@ -28,9 +28,11 @@ class MonotonicClock:
             return
         if timeout_s <= 0:
             return
-        # Python >= 3.11 (pyproject): asyncio.TimeoutError is the builtin TimeoutError.
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancellation that
+        # arrives as the event is set, so a cancelled waiter would carry on.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(event.wait(), timeout_s)
+            async with asyncio.timeout(timeout_s):
+                await event.wait()
 
 
 MONOTONIC = MonotonicClock()

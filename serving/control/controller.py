@@ -337,24 +337,32 @@ class Controller:
             assert failed is not None
             self._failed[(name, version)] = failed.sha256
         previous = self._previous.get(name)
-        if previous is not None and previous.error is None and previous.config != spec.config:
-            corrected = previous
-            problems.append("the previous configuration keeps serving")
+        changed = _changed_versions(spec, previous)
+        if previous is not None and previous.error is None and changed <= set(everywhere):
+            # The change failed as a whole: what served before serves on, and the index
+            # shows the versions that did not load.
+            known = {v.version for v in previous.versions}
+            unavailable = dict(previous.unavailable)
+            unavailable.update((v, r) for v, r in everywhere.items() if v not in known)
+            corrected = dataclasses.replace(
+                previous, unavailable=tuple(sorted(unavailable.items()))
+            )
+            problems.append("what was served before keeps serving")
         else:
             kept: list[VersionSpec] = []
-            unavailable = list(spec.unavailable)
+            unavailable = dict(spec.unavailable)
+            same_config = previous is not None and previous.config == spec.config
             for wanted in spec.versions:
+                old = previous.version(wanted.version) if previous and same_config else None
                 if wanted.version not in everywhere:
                     kept.append(wanted)
-                    continue
-                old = previous.version(wanted.version) if previous else None
-                if old is not None and old.sha256 != wanted.sha256:
+                elif old is not None and old.sha256 != wanted.sha256:
                     kept.append(old)
                     problems.append(f"version {wanted.version}: the previous file keeps serving")
                 else:
-                    unavailable.append((wanted.version, everywhere[wanted.version]))
+                    unavailable[wanted.version] = everywhere[wanted.version]
             corrected = dataclasses.replace(
-                spec, versions=tuple(kept), unavailable=tuple(sorted(unavailable))
+                spec, versions=tuple(kept), unavailable=tuple(sorted(unavailable.items()))
             )
         models = {**self.state.models, name: corrected}
         correction = await self._commit(models, self.state.unloaded, correction=True)
@@ -373,23 +381,26 @@ class Controller:
 
     async def rescan(self) -> None:
         """Poll mode: bring the state in line with the repository (new, changed and removed
-        models and versions); versions that failed everywhere are retried once their file
-        changes."""
+        models and versions); a change whose new files all failed on every replica is retried
+        once one of them changes."""
         async with self._lock:
             models = dict(self.state.models)
             on_disk = [d.name for d in model_directories(self.settings.repository)]
             changed = []
             for name in on_disk:
-                spec = self._without_known_failures(await self._plan(name, None))
-                if spec != models.get(name):
-                    models[name] = spec
-                    changed.append(name)
+                spec = await self._plan(name, None)
+                current = models.get(name)
+                if spec == current or self._known_to_fail(spec, current):
+                    continue
+                models[name] = spec
+                changed.append(name)
             removed = [n for n in models if n not in on_disk]
             for name in removed:
                 del models[name]
             if not changed and not removed:
                 return
-            revision = await self._commit(models, self.state.unloaded | set(removed))
+            unloaded = (self.state.unloaded | set(removed)) - set(changed)
+            revision = await self._commit(models, unloaded)
         await self._until_applied(revision)
         async with self._lock:
             for name in changed:
@@ -397,20 +408,17 @@ class Controller:
                 if problems:
                     logger.error("poll: load failed for %s: %s", name, "; ".join(problems))
 
-    def _without_known_failures(self, spec: ModelSpec) -> ModelSpec:
-        current = self.state.models.get(spec.name)
-        known = dict(current.unavailable) if current else {}
-        kept, unavailable = [], list(spec.unavailable)
-        for wanted in spec.versions:
-            if self._failed.get((spec.name, wanted.version)) == wanted.sha256:
-                previous = current.version(wanted.version) if current else None
-                if previous is not None:
-                    kept.append(previous)
-                else:
-                    unavailable.append((wanted.version, known.get(wanted.version, "failed")))
-            else:
-                kept.append(wanted)
-        return dataclasses.replace(spec, versions=tuple(kept), unavailable=tuple(unavailable))
+    def _known_to_fail(self, spec: ModelSpec, current: ModelSpec | None) -> bool:
+        """Whether every version ``spec`` would change has failed everywhere with the same
+        file, under the same config."""
+        if current is None or current.config != spec.config:
+            return False
+        changed = _changed_versions(spec, current)
+        return bool(changed) and all(
+            self._failed.get((spec.name, v.version)) == v.sha256
+            for v in spec.versions
+            if v.version in changed
+        )
 
     # -- replicas ------------------------------------------------------------------------------
 
@@ -560,6 +568,13 @@ class Controller:
             name, str(number), "READY", f"failed on {len(reasons)} of {len(live)} replicas: "
             f"{reasons[0]}"
         )  # fmt: skip
+
+
+def _changed_versions(spec: ModelSpec, previous: ModelSpec | None) -> set[int]:
+    """The versions of ``spec`` that serving it in place of ``previous`` would (re)load."""
+    if previous is None or previous.config != spec.config:
+        return {v.version for v in spec.versions}
+    return {v.version for v in spec.versions if previous.version(v.version) != v}
 
 
 def _row(name: str, version: str, state: str, reason: str) -> dict[str, Any]:

@@ -211,6 +211,7 @@ class Registry:
 
     def _retire(self, versions: Iterable[ModelVersion]) -> None:
         for version in versions:
+            version.retire()
             task = asyncio.create_task(version.drain(self._drain_timeout_s))
             self._draining.add(task)
             task.add_done_callback(self._draining.discard)

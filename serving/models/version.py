@@ -87,13 +87,17 @@ class ModelVersion:
         if self._inside == 0:
             self._idle.set()
 
-    async def drain(self, timeout_s: float) -> None:
-        """Retire: no new request enters; wait (at most ``timeout_s``) for those inside, queued
-        ones included, to be answered; then release the scheduler and, if it is still ours,
-        the session."""
+    def retire(self) -> None:
+        """From now on no request enters (they route again, to whatever serves now)."""
         self.retired = True
+
+    async def drain(self, timeout_s: float) -> None:
+        """After ``retire``: wait (at most ``timeout_s``) for the requests inside, queued ones
+        included, to be answered; then release the scheduler and, if it is still ours, the
+        session."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._idle.wait(), timeout_s)
+            async with asyncio.timeout(timeout_s):
+                await self._idle.wait()
         if self._inside:
             logger.warning(
                 "%s version %s retired with %d requests still running after %.0f s",

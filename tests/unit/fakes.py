@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+from pathlib import Path
 
 import numpy as np
 
@@ -92,3 +94,53 @@ class FakeModel:
         if (x < 0).any():
             raise ValueError("negative input")
         return [x * 2, x.sum(axis=tuple(range(1, x.ndim)))]
+
+
+class GatedRuntime(SumRuntime):
+    """A SumRuntime whose inferences (after warm-up) wait for ``gate``; records its closing."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+        self.gate.set()
+        self.closed = False
+        self.running = 0
+
+    def infer(self, inputs: dict[str, np.ndarray], outputs: list[str]) -> list[np.ndarray]:
+        assert not self.closed, "inference on a closed session"
+        self.running += 1
+        try:
+            self.gate.wait(10)
+            return super().infer(inputs, outputs)
+        finally:
+            self.running -= 1
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class FakeFiles:
+    """A runtime factory over fake model files: a file whose bytes start with ``corrupt``
+    fails to load, as a broken ONNX file would; every session opened is kept."""
+
+    def __init__(self) -> None:
+        self.opened: list[GatedRuntime] = []
+
+    def __call__(self, path: Path, config: object) -> GatedRuntime:
+        if path.read_bytes().startswith(b"corrupt"):
+            raise ValueError(f"protobuf parsing failed for {path}")
+        runtime = GatedRuntime()
+        self.opened.append(runtime)
+        return runtime
+
+
+def write_model(
+    repo: Path, name: str, version: int, content: bytes = b"", config: str = ""
+) -> Path:
+    """``repo/name/version/model.onnx`` holding ``content`` (a fake: FakeFiles opens it)."""
+    path = repo / name / str(version) / "model.onnx"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(content or f"{name} {version}".encode())
+    if config:
+        (repo / name / "config.yaml").write_text(config)
+    return path
