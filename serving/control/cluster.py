@@ -192,10 +192,13 @@ def connect(
             for name, value in EMBEDDED_RAY_ENV.items():
                 os.environ.setdefault(name, value)  # Ray's processes inherit the driver's env
             ray.init(
+                # "local": a Ray of our own, even where one started by `ray start` (or a
+                # test's cluster) runs on this machine and plain ray.init() would join it.
+                address="local",
                 num_cpus=num_cpus or os.cpu_count(),
                 include_dashboard=False,
                 logging_level=logging.WARNING,
-                _system_config=EMBEDDED_SYSTEM_CONFIG,
+                _system_config=dict(EMBEDDED_SYSTEM_CONFIG),  # Ray adds to the dict it is given
             )
     if proxy is None:
         serve.start(proxy_location=ProxyLocation.Disabled)

@@ -129,6 +129,7 @@ class Controller:
         it until the file changes."""
         self._timings: OrderedDict[int, tuple[float, dict[str, float]]] = OrderedDict()
         self._poller: asyncio.Task[None] | None = None
+        self._gathering_until = 0.0
 
     # -- start ---------------------------------------------------------------------------------
 
@@ -139,6 +140,10 @@ class Controller:
         if revision_floor == 0 and self._matches(document):
             assert document is not None
             self._restore(document)
+            # The replicas are out there but have not polled this controller yet: changes
+            # wait for them to report in (they poll at least every second) before they count
+            # as applied everywhere.
+            self._gathering_until = self._clock.now() + self._liveness_s
             logger.info("controller resumed revision %d", self.state.revision)
         else:
             saved = self._durable_store.load() if self._durable_store else None
@@ -472,7 +477,8 @@ class Controller:
 
     async def _until_applied(self, revision: int) -> None:
         def applied() -> bool:
-            return all(s.report.applied >= revision for s in self._live())
+            gathered = self._clock.now() >= self._gathering_until
+            return gathered and all(s.report.applied >= revision for s in self._live())
 
         if not await self._until(applied, self._apply_timeout_s):
             late = [s.report.replica for s in self._live() if s.report.applied < revision]
@@ -482,13 +488,18 @@ class Controller:
 
     async def statistics(self) -> dict[Key, StatsWindow]:
         """The application's totals per model version: every replica asked for fresh counters
-        (waiting at most ``FLUSH_TIMEOUT_S``), departed replicas' last counters included."""
+        (waiting at most ``FLUSH_TIMEOUT_S``, longer while a restarted controller waits for
+        its replicas to report in), departed replicas' last counters included."""
         self._flush += 1
         flush = self._flush
+
+        def flushed() -> bool:
+            gathered = self._clock.now() >= self._gathering_until
+            return gathered and all(s.report.flushed >= flush for s in self._live())
+
         self._wake()
-        await self._until(
-            lambda: all(s.report.flushed >= flush for s in self._live()), FLUSH_TIMEOUT_S
-        )
+        gathering = max(0.0, self._gathering_until - self._clock.now())
+        await self._until(flushed, FLUSH_TIMEOUT_S + gathering)
         totals: dict[Key, StatsWindow] = {}
         sources = [*self._departed.values(), *(s.report.stats for s in self._live())]
         for windows in sources:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 from collections.abc import Iterator
@@ -11,6 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
+from ray.cluster_utils import Cluster
 
 from serving.config import ServerConfig
 from serving.control import cluster
@@ -18,6 +20,9 @@ from serving.transport.servers import reserve_port
 from tests.integration.clients import PROTOCOLS, V2Client
 
 READY_TIMEOUT_S = 90.0
+HEAD_CPUS = 8
+"""Logical CPUs of the session's head node: room for several small test applications on a
+2-core machine (the tests size their replicas themselves)."""
 MAX_REQUEST_BYTES = 8 * 1024 * 1024
 
 
@@ -43,10 +48,28 @@ class Server:
 
 
 @pytest.fixture(scope="session")
-def ray_serve() -> Iterator[None]:
-    cluster.connect(num_cpus=8)
-    yield
+def ray_cluster() -> Iterator[Cluster]:
+    """One Ray cluster for the session, on this machine: a head node set up as the embedded Ray
+    is (its settings, nice 0), to which a test may add worker nodes and remove them again."""
+    for name, value in cluster.EMBEDDED_RAY_ENV.items():
+        os.environ.setdefault(name, value)  # the nodes' processes inherit them
+    local = Cluster(
+        initialize_head=True,
+        head_node_args={
+            "num_cpus": HEAD_CPUS,
+            "include_dashboard": False,
+            "_system_config": dict(cluster.EMBEDDED_SYSTEM_CONFIG),
+        },
+    )
+    cluster.connect(local.address)
+    yield local
     cluster.shutdown()
+    local.shutdown()
+
+
+@pytest.fixture(scope="session")
+def ray_serve(ray_cluster: Cluster) -> None:
+    """Ray and Serve are up (and stay up for the session)."""
 
 
 def start_server(

@@ -35,6 +35,8 @@ def test_embedded_ray_starts_with_the_lean_settings(recorded: dict[str, Any]) ->
     assert environ["RAY_enable_metrics_collection"] == "0"
     assert recorded["init"]["include_dashboard"] is False
     assert recorded["init"]["_system_config"] == {"worker_niceness": 0}
+    # A Ray of its own, even beside a cluster that plain ray.init() would join.
+    assert recorded["init"]["address"] == "local"
 
 
 def test_the_environment_overrides_a_lean_setting(
