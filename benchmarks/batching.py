@@ -1,6 +1,6 @@
 """Dynamic batching on and off, for ``digits`` and a ResNet-18-shaped CNN, beside in-process ORT.
 
-    python -m benchmarks.batching [--seconds 6] [--concurrency 1 4 16 64] [--protocol http_binary]
+    python -m benchmarks batching [--seconds 6] [--concurrency 1 4 16 64] [--protocol http_binary]
                                   [--pairs 5] [--pair-models resnet18]
 
 One server replica with every core (ONNX Runtime threads = cores), closed loop, one sample per
@@ -14,30 +14,26 @@ its ratio to both readings.
 more, each pair bracketed by in-process readings taken the same way on a quiet machine: the
 reading, a fresh Ray with the server deployed and saturated, Ray shut down, the next reading.
 A pair's ratio is the server's rate over the mean of the readings around it, so the machine's
-drift falls on both sides alike; the median and range of the pairs are reported. Writes JSON
-and Markdown under ``benchmarks/results/``.
+drift falls on both sides alike; the median and range of the pairs are reported.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import shutil
-import statistics
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from benchmarks.context import collect
-from benchmarks.load import PROTOCOLS, free_ports, table
-from benchmarks.measure import Plan
-from benchmarks.suite import SCENARIOS, best_again, build_repository, limits, measured
-from serving.config import ServerConfig
+from benchmarks.load import PROTOCOLS, Target, table
+from benchmarks.measure import Plan, bracketed, spread
+from benchmarks.report import save
+from benchmarks.server import Endpoint, deployed, embedded_ray
+from benchmarks.suite import SCENARIOS, Scenario, best_again, build_repository, limits, measured
 
-RESULTS = Path(__file__).parent / "results"
 MODELS = ("digits", "resnet18")
 COLUMNS = [
     ("model", "model", ""),
@@ -64,24 +60,13 @@ PAIR_COLUMNS = [
 
 
 @contextlib.contextmanager
-def fresh_server(config: ServerConfig) -> Iterator[None]:
-    """A fresh embedded Ray with the server deployed; shut down again on the way out."""
-    from serving import deployment
-
-    deployment.connect()
-    try:
-        deployment.deploy(config, name="bench")
-        yield
-    finally:
-        deployment.shutdown()
+def fresh_server(repository: Path, cores: int) -> Iterator[Endpoint]:
+    """A fresh embedded Ray with one replica on every core; shut down again on the way out."""
+    with embedded_ray(), deployed(repository, "bench", replicas=1, replica_cpus=cores) as served:
+        yield served
 
 
-def _spread(ratios: list[float]) -> dict[str, float]:
-    return {"median": statistics.median(ratios), "low": min(ratios), "high": max(ratios)}
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seconds", type=float, default=6.0)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 64])
     parser.add_argument("--protocol", choices=PROTOCOLS, default="http_binary")
@@ -99,24 +84,17 @@ def main() -> None:
         default=["resnet18"],
         help="models measured in --pairs (digits' ratio to in-process ORT says nothing)",
     )
-    parser.add_argument("--name", default="batching")
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    args = parser.parse_args()
 
+
+def run(args: argparse.Namespace) -> list[Path]:
     cores = os.cpu_count() or 1
     workdir = Path(tempfile.mkdtemp(prefix="bench-batching-"))
     repository = build_repository(workdir / "repo", tuple(args.models))
-    http_port, grpc_port = free_ports(2)
-    config = ServerConfig(
-        repository=repository, host="127.0.0.1", http_port=http_port, grpc_port=grpc_port,
-        replicas=1, replica_cpus=float(cores),
-    )  # fmt: skip
-    urls = {"http": f"127.0.0.1:{http_port}", "grpc": f"127.0.0.1:{grpc_port}"}
 
     results: list[dict[str, Any]] = []
     ceilings: dict[str, dict[str, Any]] = {}
     for model in args.models:
-        ceilings[model] = limits(repository, SCENARIOS[model], config.intra_op_threads, 3.0)
+        ceilings[model] = limits(repository, SCENARIOS[model], cores, 3.0)
 
     def plan(concurrency: int) -> Plan:
         return Plan(args.protocol, concurrency=concurrency, window_s=args.seconds / 3,
@@ -124,7 +102,8 @@ def main() -> None:
 
     pairs: dict[str, list[dict[str, float]]] = {model: [] for model in args.models}
     try:
-        with fresh_server(config):
+        with fresh_server(repository, cores) as served:
+            urls = served.urls
             for model in args.models:
                 for batched in (False, True):
                     target = SCENARIOS[model].target(repository, batched=batched)
@@ -135,16 +114,20 @@ def main() -> None:
                         )
         for model in args.models:
             best = ceilings[model]
-            best["best_rps_after"] = before = best_again(repository, SCENARIOS[model], best, 3.0)
-            target = SCENARIOS[model].target(repository, batched=True)
-            for _ in range(args.pairs if model in args.pair_models else 0):
-                with fresh_server(config):
-                    served = measured(plan(max(args.concurrency)), urls, target)["throughput_rps"]
-                after = best_again(repository, SCENARIOS[model], best, 3.0)
-                pairs[model].append({"in_process_before": before, "served": served,
-                                     "in_process_after": after,
-                                     "ratio": served / ((before + after) / 2)})  # fmt: skip
-                before = after
+            scenario = SCENARIOS[model]
+            best["best_rps_after"] = best_again(repository, scenario, best, 3.0)
+            target = scenario.target(repository, batched=True)
+
+            def saturate(target: Target = target) -> float:
+                with fresh_server(repository, cores) as again:
+                    figures = measured(plan(max(args.concurrency)), again.urls, target)
+                return float(figures["throughput_rps"])
+
+            def ceiling(scenario: Scenario = scenario, best: dict[str, Any] = best) -> float:
+                return best_again(repository, scenario, best, 3.0)
+
+            count = args.pairs if model in args.pair_models else 0
+            pairs[model] = bracketed(saturate, ceiling, count)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     for row in results:
@@ -161,7 +144,7 @@ def main() -> None:
 
     rendered = table(results, COLUMNS)
     summary = [
-        {"model": model, "pairs": len(runs), **_spread([run["ratio"] for run in runs])}
+        {"model": model, "pairs": len(runs), **spread([run["ratio"] for run in runs])}
         for model, runs in pairs.items()
         if runs
     ]
@@ -169,13 +152,10 @@ def main() -> None:
         rendered += "\n\nSaturation, batching on, bracketed by in-process readings:\n\n"
         rendered += table(summary, PAIR_COLUMNS)
     print(rendered)
-    args.out.mkdir(parents=True, exist_ok=True)
     parameters = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    report = {"context": collect(parameters), "in_process": ceilings, "results": results,
-              "pairs": pairs, "pair_summary": summary}  # fmt: skip
-    (args.out / f"{args.name}.json").write_text(json.dumps(report, indent=2))
-    (args.out / f"{args.name}.md").write_text(rendered + "\n")
-
-
-if __name__ == "__main__":
-    main()
+    document = {"in_process": ceilings, "results": results, "pairs": pairs,
+                "pair_summary": summary}  # fmt: skip
+    return save(
+        args.out, args.name or "batching", parameters=parameters, document=document,
+        markdown=rendered,
+    )  # fmt: skip

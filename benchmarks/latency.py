@@ -1,28 +1,28 @@
 """Closed-loop latency and throughput of ``digits`` per protocol, beside in-process ONNX Runtime.
 
-    python -m benchmarks.latency [--seconds 8] [--concurrency 1 8 16]
+    python -m benchmarks latency [--seconds 8] [--concurrency 1 8 16]
                                  [--protocols http_json http_binary grpc]
 
-Starts the server on an embedded Ray with the demo repository and drives it with tritonclient's
-asyncio clients, one row per request, N requests in flight. The same rows also run through an
-in-process ONNX Runtime session with the server's session options: the floor for every figure.
-Writes JSON (with commit, hardware, versions) and a Markdown table under ``benchmarks/results/``.
+Starts the server on an embedded Ray with the demo repository, sized to the machine as
+``serving serve`` sizes it (or ``--replicas``), and drives it one row per request, N requests in
+flight. The same rows also run through an in-process ONNX Runtime session with the server's
+session options: the floor for every figure.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from benchmarks.context import collect
-from benchmarks.load import PROTOCOLS, Target, free_ports, in_process, table
+from benchmarks.load import PROTOCOLS, Target, in_process, table
 from benchmarks.measure import closed_loop
+from benchmarks.report import save
+from benchmarks.server import deployed, embedded_ray
+from serving.models.repository import load_config
 
-RESULTS = Path(__file__).parent / "results"
 COLUMNS = [
     ("path", "path", ""),
     ("concurrency", "concurrency", "d"),
@@ -34,51 +34,37 @@ COLUMNS = [
 ]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 16])
     parser.add_argument("--protocols", nargs="+", choices=PROTOCOLS, default=list(PROTOCOLS))
-    parser.add_argument("--replicas", type=int, default=1)
-    parser.add_argument("--name", default="latency", help="file name of the report")
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    args = parser.parse_args()
+    parser.add_argument("--replicas", type=int, default=None)
 
-    from serving import demo, deployment
-    from serving.config import ServerConfig
+
+def run(args: argparse.Namespace) -> list[Path]:
+    from serving import demo
 
     repository = demo.ensure()
     rows = np.load(repository / "digits" / "evaluation.npz")["inputs"].astype(np.float32)
     target = Target("digits", "input", "FP32", rows[:, None, :], ("probabilities", "label"))
-    http_port, grpc_port = free_ports(2)
-    config = ServerConfig(
-        repository=repository, host="127.0.0.1", http_port=http_port, grpc_port=grpc_port,
-        replicas=args.replicas,
-    )  # fmt: skip
-    urls = {"http": f"127.0.0.1:{http_port}", "grpc": f"127.0.0.1:{grpc_port}"}
-    deployment.connect()
-    deployment.deploy(config, name="bench")
     results: list[dict[str, Any]] = []
-    try:
+    with embedded_ray(), deployed(repository, "bench", replicas=args.replicas) as served:
+        config = served.deployed
+        model = config.repository / "digits" / "config.yaml"
+        threads = config.threads_per_instance(load_config(model.parent))
         for concurrency in args.concurrency:
             for protocol in args.protocols:
-                figures = closed_loop(protocol, urls, target, concurrency, args.seconds)
+                figures = closed_loop(protocol, served.urls, target, concurrency, args.seconds)
                 results.append({"path": protocol, "concurrency": concurrency, **figures})
             local = in_process(
-                repository / "digits/2/model.onnx", target, threads=config.intra_op_threads,
+                repository / "digits/2/model.onnx", target, threads=threads,
                 concurrency=concurrency, seconds=args.seconds,
             )  # fmt: skip
             results.append({"path": "in-process ORT", "concurrency": concurrency, **local})
-    finally:
-        deployment.shutdown()
     rendered = table(results, COLUMNS)
     print(rendered)
-    args.out.mkdir(parents=True, exist_ok=True)
     parameters = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    report = {"context": collect(parameters), "results": results}
-    (args.out / f"{args.name}.json").write_text(json.dumps(report, indent=2))
-    (args.out / f"{args.name}.md").write_text(rendered + "\n")
-
-
-if __name__ == "__main__":
-    main()
+    return save(
+        args.out, args.name or "latency", parameters=parameters,
+        document={"results": results}, markdown=rendered,
+    )  # fmt: skip

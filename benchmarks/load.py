@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import socket
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -29,15 +28,6 @@ class Target:
     samples: np.ndarray
     """Shape [n, 1, ...]: each request carries one [1, ...] sample."""
     outputs: tuple[str, ...]
-
-
-def free_ports(count: int) -> list[int]:
-    ports = []
-    for _ in range(count):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            ports.append(probe.getsockname()[1])
-    return ports
 
 
 def sender(

@@ -12,8 +12,9 @@ import asyncio
 import atexit
 import gc
 import multiprocessing
+import statistics
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -228,6 +229,29 @@ def measure_apart(plan: Plan, urls: dict[str, str], target: Target) -> dict[str,
         _generator = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
         atexit.register(_generator.shutdown)
     return _generator.submit(_measure_here, plan, urls, target).result()
+
+
+def bracketed(
+    serve_and_measure: Callable[[], float], ceiling: Callable[[], float], pairs: int
+) -> list[dict[str, float]]:
+    """``pairs`` readings of a server's rate, each bracketed by readings of ``ceiling`` (the
+    in-process limit) taken just before and just after it, on a quiet machine: a pair's ratio is
+    the server's rate over the mean of the two readings around it, so that these machines'
+    drift of several per cent within minutes falls on both sides alike."""
+    readings = []
+    before = ceiling()
+    for _ in range(pairs):
+        served = serve_and_measure()
+        after = ceiling()
+        readings.append({"in_process_before": before, "served": served,
+                         "in_process_after": after,
+                         "ratio": served / ((before + after) / 2)})  # fmt: skip
+        before = after
+    return readings
+
+
+def spread(ratios: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(ratios), "low": min(ratios), "high": max(ratios)}
 
 
 def closed_loop(

@@ -1,4 +1,4 @@
-"""``python -m benchmarks.memory``: the memory of ``serving serve`` with the demo repository.
+"""The memory of ``serving serve`` with the demo repository, Ray included.
 
 Starts the Quickstart's server (``serving serve``, embedded Ray) as a subprocess, sends every
 demo model a few requests, under light load, then adds up the memory of the whole process tree
@@ -6,31 +6,23 @@ it started: the CLI (the Ray driver), Ray's GCS, raylet and agents, the Serve co
 replica. Reports the sum of RSS (each process's resident set, so shared libraries count once per
 process: an over-estimate) and of PSS (shared pages split among the processes that map them:
 what the tree really costs), per process and in total.
-
-Writes ``benchmarks/results/memory.json`` and ``memory.md``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import signal
-import subprocess
-import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 
-from benchmarks.context import collect
-from benchmarks.load import free_ports, table
+from benchmarks.load import table
+from benchmarks.report import save
+from benchmarks.server import command_line
 
-RESULTS = Path(__file__).parent / "results"
 TARGET_MIB = 1536.0
-READY_TIMEOUT_S = 180.0
 
 
 def _children() -> dict[int, list[int]]:
@@ -78,20 +70,6 @@ def process_memory(pid: int) -> dict[str, Any] | None:
             "pss_mib": fields.get("Pss", 0.0)}  # fmt: skip
 
 
-def _wait_ready(url: str, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"serving serve exited with {process.returncode}")
-        try:
-            if httpx.get(f"{url}/v2/health/ready", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"server not ready within {READY_TIMEOUT_S} s")
-
-
 def _exercise(url: str, requests_per_model: int) -> int:
     """A few inferences on every ready demo model (zeros of each input's shape and type)."""
     import tritonclient.http as httpclient
@@ -122,24 +100,12 @@ def _exercise(url: str, requests_per_model: int) -> int:
 
 
 def measure_serve(requests_per_model: int = 50, settle_s: float = 5.0) -> dict[str, Any]:
-    http_port, grpc_port = free_ports(2)
-    command = [sys.executable, "-m", "serving.cli", "serve", "--host", "127.0.0.1",
-               "--http-port", str(http_port), "--grpc-port", str(grpc_port)]  # fmt: skip
-    process = subprocess.Popen(
-        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-    )
-    url = f"http://127.0.0.1:{http_port}"
-    try:
-        _wait_ready(url, process)
-        sent = _exercise(url, requests_per_model)
+    with tempfile.TemporaryDirectory() as state, command_line(state_dir=Path(state)) as served:
+        assert served.pid is not None
+        sent = _exercise(f"http://{served.http}", requests_per_model)
         time.sleep(settle_s)  # let start-up transients (prestarted workers, agents) settle
-        rows = [m for pid in descendants(process.pid) if (m := process_memory(pid)) is not None]
-    finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
+        tree = descendants(served.pid)
+        rows = [m for pid in tree if (m := process_memory(pid)) is not None]
     rows.sort(key=lambda r: -r["pss_mib"])
     total_rss = sum(r["rss_mib"] for r in rows)
     total_pss = sum(r["pss_mib"] for r in rows)
@@ -155,15 +121,12 @@ def measure_serve(requests_per_model: int = 50, settle_s: float = 5.0) -> dict[s
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    parser.add_argument("--name", default="memory")
-    args = parser.parse_args()
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """No options of its own."""
+
+
+def run(args: argparse.Namespace) -> list[Path]:
     result = measure_serve()
-    report = {"context": collect({"benchmark": "memory"}), **result}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{args.name}.json").write_text(json.dumps(report, indent=2))
     shown = [*result["processes"],
              {"process": "**total**", "rss_mib": result["total_rss_mib"],
               "pss_mib": result["total_pss_mib"]}]  # fmt: skip
@@ -177,9 +140,8 @@ def main() -> None:
         f"{result['total_rss_mib']:.0f} MiB ({result['rss_vs_target']:.2f}; counts shared "
         f"libraries once per process).\n\n{table(shown, columns, text_columns=1)}\n"
     )
-    (args.out / f"{args.name}.md").write_text(text)
     print(text)
-
-
-if __name__ == "__main__":
-    main()
+    return save(
+        args.out, args.name or "memory", parameters={"benchmark": "memory"}, document=result,
+        markdown=text,
+    )  # fmt: skip

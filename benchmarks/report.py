@@ -106,13 +106,28 @@ def plot(result: dict[str, Any], directory: Path, name: str) -> list[Path]:
     return files
 
 
+def save(
+    directory: Path,
+    name: str,
+    *,
+    parameters: dict[str, Any],
+    document: dict[str, Any],
+    markdown: str,
+) -> list[Path]:
+    """The one report writer: ``<name>.json`` (``document`` under the run's context: commit,
+    hardware, library versions, ``parameters``) and ``<name>.md``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    json_path = directory / f"{name}.json"
+    full = {"context": collect(parameters), **document}
+    json_path.write_text(json.dumps(full, indent=2, default=str))
+    md_path = directory / f"{name}.md"
+    md_path.write_text(markdown if markdown.endswith("\n") else markdown + "\n")
+    return [json_path, md_path]
+
+
 def write(
     result: dict[str, Any], directory: Path, name: str, parameters: dict[str, Any]
 ) -> list[Path]:
-    directory.mkdir(parents=True, exist_ok=True)
-    document = {"context": collect(parameters), **result}
-    json_path = directory / f"{name}.json"
-    json_path.write_text(json.dumps(document, indent=2, default=str))
-    md_path = directory / f"{name}.md"
-    md_path.write_text(markdown(result))
-    return [json_path, md_path, *plot(result, directory, name)]
+    """The suite's report: JSON, its tables, one plot per scenario."""
+    files = save(directory, name, parameters=parameters, document=result, markdown=markdown(result))
+    return [*files, *plot(result, directory, name)]

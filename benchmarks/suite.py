@@ -1,14 +1,21 @@
-"""Scenarios and profiles: what the load generator measures, and how long it takes.
+"""The suite: scenarios and profiles, measured against servers on an embedded Ray.
 
 A scenario is a model (generated in code, seeded) with a batched twin. A profile says which
 configurations to measure (protocol, batching, replicas, closed-loop concurrency) and whether to
-search for SLO goodput. ``run`` measures a profile against running servers and returns rows.
+search for SLO goodput. ``measure_profile`` measures a profile against running servers and
+returns rows; ``run`` is the ``suite`` command: it builds the repository in a temporary folder,
+deploys the server three ways (1 replica with all cores, 2 replicas with half each, and the same
+HTTP app behind Ray Serve's own proxy) and writes the report with plots.
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import logging
+import os
 import shutil
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +26,8 @@ import yaml
 
 from benchmarks.load import Target, in_process
 from benchmarks.measure import Plan, measure_apart, server_breakdown
+from benchmarks.report import write
+from benchmarks.server import deployed, embedded_ray, held_ports
 from benchmarks.stats import goodput_search
 
 logger = logging.getLogger(__name__)
@@ -206,7 +215,7 @@ def best_again(
     return float(max(readings))
 
 
-def run(
+def measure_profile(
     profile: Profile,
     repository: Path,
     servers: dict[int, dict[str, str]],
@@ -280,3 +289,47 @@ def run(
             "vs_best": served / limit["best_rps"], "vs_saturation": served / saturation,
         })  # fmt: skip
     return {"rows": rows, "goodput": goodput, "in_process": ceilings}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--profile", choices=list(PROFILES), default="quick")
+    parser.add_argument("--scenarios", nargs="+", choices=list(SCENARIOS))
+
+
+def run(args: argparse.Namespace) -> list[Path]:
+    profile = PROFILES[args.profile]
+    scenarios = tuple(args.scenarios or profile.scenarios)
+    cores = os.cpu_count() or 1
+    workdir = Path(tempfile.mkdtemp(prefix="bench-"))
+    repository = build_repository(workdir / "repo", scenarios)
+    try:
+        with contextlib.ExitStack() as stack:
+            (proxy_port,) = stack.enter_context(held_ports(1))
+            # Logical CPUs beyond the machine's: the configurations are deployed side by side
+            # (idle while another is measured), each sized as if it had the machine.
+            stack.enter_context(embedded_ray(num_cpus=max(8, 2 * cores), proxy_port=proxy_port))
+            servers = {}
+            for replicas in profile.replicas:
+                endpoint = stack.enter_context(
+                    deployed(repository, f"bench-{replicas}", replicas=replicas,
+                             replica_cpus=cores / replicas)
+                )  # fmt: skip
+                servers[replicas] = endpoint.urls
+            proxy = None
+            if profile.proxy:
+                from serving.config import ServerConfig
+                from serving.control import cluster
+
+                config = ServerConfig(repository=repository, replicas=1, replica_cpus=cores)
+                cluster.deploy_behind_proxy(config, name="bench-proxied")
+                proxy = {"http": f"127.0.0.1:{proxy_port}"}
+            result = measure_profile(
+                profile, repository, servers, threads=cores, scenarios=scenarios, proxy=proxy
+            )
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    name = args.name or profile.name
+    parameters = {"profile": profile.__dict__, "scenarios": scenarios, "cores": cores}
+    files = write(result, args.out, name, parameters)
+    print((args.out / f"{name}.md").read_text())
+    return files

@@ -151,7 +151,7 @@ def _print_banner(config: ServerConfig, sizing: str, state: DesiredState) -> Non
         table.add_row(
             spec.name,
             ",".join(str(v.version) for v in spec.versions) or "-",
-            str(model.instance_count),
+            str(config.instances(model)),
             str(config.threads_per_instance(model)),
             "-" if batching is None else f"{batching.max_queue_delay_ms:g} ms",
         )

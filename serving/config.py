@@ -88,9 +88,12 @@ class ModelConfig(_Frozen):
     """Outputs; any the graph has and this omits are read from the graph."""
     version_policy: VersionPolicy = LatestPolicy(latest=1)
     """Which version directories to serve: ``all``, ``{latest: N}`` or ``{specific: [..]}``."""
-    instance_count: PositiveInt = 1
+    instance_count: PositiveInt | None = None
     """How many inferences (or batches) of one version may run at once in a replica; each runs
-    on ``replica_cpus / instance_count`` ONNX Runtime threads (at least one)."""
+    on ``replica_cpus / instance_count`` ONNX Runtime threads (at least one). Left out: 2 on a
+    replica with 2 or more CPUs, else 1, as Triton defaults ONNX models on CPU (two
+    single-threaded executions keep a 2-core replica busy while its event loop takes requests
+    in; one two-threaded execution stalls whenever the loop takes a core)."""
     dynamic_batching: DynamicBatching | None = None
     """Batch concurrent requests together; off when left out. Needs ``max_batch_size > 0``."""
     execution_providers: tuple[Provider, ...] = ("tensorrt", "cuda", "cpu")
@@ -102,6 +105,10 @@ class ModelConfig(_Frozen):
 
 
 ModelControlMode = Literal["none", "explicit", "poll"]
+
+DEFAULT_INSTANCES = 2
+"""Concurrent executions of a model whose config does not say, on a replica with at least as
+many CPUs (Triton's default instance count for ONNX models on CPU)."""
 
 MAX_CPUS_PER_REPLICA = 8
 """Machine-sized defaults give a replica at most this many CPUs, and a node one replica per this
@@ -158,7 +165,12 @@ class ServerConfig(_Frozen):
         """The replica's CPUs: as configured, else the machine's."""
         return self.replica_cpus if self.replica_cpus is not None else float(os.cpu_count() or 1)
 
+    def instances(self, model: ModelConfig) -> int:
+        """A model's concurrent executions in this replica: its ``instance_count``, else the
+        default for the replica's CPUs."""
+        return model.instance_count or (DEFAULT_INSTANCES if self.cpus >= DEFAULT_INSTANCES else 1)
+
     def threads_per_instance(self, model: ModelConfig) -> int:
         """ONNX Runtime threads for each of a model's concurrent executions: the replica's CPUs
-        shared among its ``instance_count`` executions, at least one."""
-        return max(1, round(self.cpus / model.instance_count))
+        shared among them, at least one."""
+        return max(1, round(self.cpus / self.instances(model)))

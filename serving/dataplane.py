@@ -143,7 +143,7 @@ class DataPlane:
             "max_batch_size": signature.max_batch_size,
             "input": [_triton_tensor(t) for t in signature.inputs],
             "output": [_triton_tensor(t) for t in signature.outputs],
-            "instance_group": [{"name": name, "count": config.instance_count, "kind": kind}],
+            "instance_group": [{"name": name, "count": target.instances, "kind": kind}],
             "default_model_filename": config.model_filename,
             "parameters": parameters,
         }

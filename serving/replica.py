@@ -75,6 +75,7 @@ class Replica:
             factory or onnx_factory(config),
             workers=Workers(executor, config.inline_below_us / 1e6),
             clock=clock,
+            instances=config.instances,
         )
         self.follower = Follower(channel, self.registry, replica=replica, node=node)
         self.dataplane = DataPlane(self.registry, channel, clock=clock)

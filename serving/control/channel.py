@@ -22,6 +22,9 @@ class ReplicaReport:
 
     replica: str
     node: str = ""
+    sequence: int = 0
+    """Grows with every report a replica makes: reports can arrive out of order (a long poll
+    and a prompt report are in flight together), and an older one must not undo a newer."""
     known: int = 0
     """The newest revision it has received."""
     applied: int = 0

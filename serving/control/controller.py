@@ -446,13 +446,11 @@ class Controller:
         now = self._clock.now()
         self._departed.pop(report.replica, None)
         previous = self._replicas.get(report.replica)
-        self._replicas[report.replica] = _Seen(report, now)
-        if previous is None or previous.report.applied < report.applied:
-            for revision in range(
-                previous.report.applied + 1 if previous else report.applied, report.applied + 1
-            ):
-                if revision in self._timings:
-                    self._timings[revision][1].setdefault(report.replica, now)
+        if previous is not None and previous.report.sequence > report.sequence:
+            previous.at = now  # an older report overtaken by a newer one: it only says alive
+        else:
+            self._replicas[report.replica] = _Seen(report, now)
+            self._note_applied(report, previous.report.applied if previous else None, now)
         self._wake()
         deadline = now + timeout_s
         while True:
@@ -464,6 +462,13 @@ class Controller:
             if remaining <= 0:
                 return PollAnswer(None, self._flush)
             await self._clock.wait(self._tick, remaining)
+
+    def _note_applied(self, report: ReplicaReport, before: int | None, now: float) -> None:
+        """Record when ``report.replica`` was first heard to have applied each revision."""
+        first = report.applied if before is None else before + 1
+        for revision in range(first, report.applied + 1):
+            if revision in self._timings:
+                self._timings[revision][1].setdefault(report.replica, now)
 
     async def _until(self, done: Any, timeout_s: float) -> bool:
         deadline = self._clock.now() + timeout_s

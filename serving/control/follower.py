@@ -41,6 +41,7 @@ class Follower:
         self._poll_timeout_s = poll_timeout_s
         self._known = 0
         self._flushed = 0
+        self._reports = 0
         self._desired: DesiredState | None = None
         self._wanted = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -75,9 +76,11 @@ class Follower:
         self._tasks = []
 
     def report(self) -> ReplicaReport:
+        self._reports += 1
         return ReplicaReport(
             replica=self._replica,
             node=self._node,
+            sequence=self._reports,
             known=self._known,
             applied=self._registry.revision,
             flushed=self._flushed,

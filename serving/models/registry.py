@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -56,16 +56,6 @@ class ModelEntry:
         return sorted({*self.versions, *self.unavailable})
 
 
-def _same_session(a: ModelConfig, b: ModelConfig) -> bool:
-    """Whether a session opened for ``a`` serves ``b`` unchanged: same file, providers and
-    threads."""
-    return (a.model_filename, a.execution_providers, a.instance_count) == (
-        b.model_filename,
-        b.execution_providers,
-        b.instance_count,
-    )
-
-
 class Registry:
     def __init__(
         self,
@@ -74,6 +64,7 @@ class Registry:
         *,
         workers: Workers,
         clock: Clock,
+        instances: Callable[[ModelConfig], int] = lambda config: config.instance_count or 1,
         book: StatsBook | None = None,
         drain_timeout_s: float = DRAIN_TIMEOUT_S,
     ) -> None:
@@ -81,6 +72,8 @@ class Registry:
         self._factory = factory
         self._workers = workers
         self._clock = clock
+        self._instances = instances
+        """A model's concurrent executions here (its sessions' threads follow from it)."""
         self.book = book or StatsBook()
         self._drain_timeout_s = drain_timeout_s
         self._models: dict[str, ModelEntry] = {}
@@ -174,7 +167,7 @@ class Registry:
         if (
             old is not None
             and old.sha256 == wanted.sha256
-            and _same_session(old.config, spec.config)
+            and self._same_session(old.config, spec.config)
         ):
             signature = signed(spec.config, old.runtime, shown)
             loaded = Loaded(old.runtime, signature, old.sha256)
@@ -187,6 +180,7 @@ class Registry:
                 clock=self._clock,
                 stats=stats,
                 execution=old.execution,
+                instances=self._instances(spec.config),
             )
             old.owns_runtime = False
             return fresh
@@ -207,6 +201,16 @@ class Registry:
             workers=self._workers,
             clock=self._clock,
             stats=stats,
+            instances=self._instances(spec.config),
+        )
+
+    def _same_session(self, a: ModelConfig, b: ModelConfig) -> bool:
+        """Whether a session opened for ``a`` serves ``b`` unchanged: the same file, providers
+        and threads."""
+        return (a.model_filename, a.execution_providers, self._instances(a)) == (
+            b.model_filename,
+            b.execution_providers,
+            self._instances(b),
         )
 
     def _retire(self, versions: Iterable[ModelVersion]) -> None:

@@ -32,6 +32,7 @@ class ModelVersion:
         clock: Clock,
         stats: StatsWindow,
         execution: Execution | None = None,
+        instances: int = 1,
     ) -> None:
         self.model = model
         self.version = version
@@ -41,6 +42,8 @@ class ModelVersion:
         self.runtime = loaded.runtime
         self.stats = stats
         self.execution = execution or Execution()
+        self.instances = instances
+        """Executions that may run at once."""
         self.owns_runtime = True
         """False once a successor took over the session (a config change that keeps it)."""
         self.retired = False
@@ -61,7 +64,7 @@ class ModelVersion:
             config,
             max_batch_size=self.signature.max_batch_size,
             output_names=self.signature.output_names,
-            instances=config.instance_count,
+            instances=instances,
             execute=execute,
             clock=clock,
             on_execution=on_execution,

@@ -14,7 +14,7 @@ from tritonclient.utils import InferenceServerException
 
 from benchmarks.load import Target, sender
 from benchmarks.report import write
-from benchmarks.suite import Profile, run
+from benchmarks.suite import Profile, measure_profile
 from tests.integration.conftest import Server
 
 TINY = Profile(
@@ -26,7 +26,7 @@ TINY = Profile(
 
 def test_quick_profile_writes_consistent_reports(server: Server, tmp_path: Path) -> None:
     servers = {1: {"http": server.http_url, "grpc": server.grpc_url}}
-    result = run(TINY, server.repository, servers, threads=2)
+    result = measure_profile(TINY, server.repository, servers, threads=2)
     files = write(result, tmp_path, "tiny", {"profile": "tiny"})
     names = {f.name for f in files}
     assert names == {"tiny.json", "tiny.md", "tiny-digits.png"}

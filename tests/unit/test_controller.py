@@ -400,3 +400,21 @@ def test_a_poll_answers_at_once_with_news_and_otherwise_waits(tmp_path: Path) ->
         assert totals[("m", 1)].stages["fail"].count == 1
 
     run(test)
+
+
+def test_a_report_overtaken_by_a_newer_one_does_not_undo_it(tmp_path: Path) -> None:
+    """A long poll and a prompt report are in flight together, and Ray does not keep an async
+    actor's calls in order: what the newer report said stands."""
+    write_model(tmp_path, "m", 1)
+
+    async def test() -> None:
+        controller = Controller(ControlSettings(tmp_path))
+        await controller.start()
+        newer = ReplicaReport("r", sequence=2, known=1, applied=1)
+        older = ReplicaReport("r", sequence=1, known=1, applied=0)
+        await controller.poll(newer, 0)
+        await controller.poll(older, 0)
+        (seen,) = controller.replicas()
+        assert seen.applied == 1 and seen.sequence == 2
+
+    run(test)

@@ -143,3 +143,15 @@ def test_each_instance_gets_its_share_of_the_replica_cpus(
 ) -> None:
     server = ServerConfig(repository=Path("."), replica_cpus=replica_cpus)
     assert server.threads_per_instance(ModelConfig(instance_count=instances)) == threads
+
+
+@pytest.mark.parametrize(
+    ("replica_cpus", "instances", "threads"),
+    [(1.0, 1, 1), (1.5, 1, 2), (2.0, 2, 1), (8.0, 2, 4)],
+)
+def test_a_model_that_does_not_say_gets_triton_cpu_default_of_two_instances(
+    replica_cpus: float, instances: int, threads: int
+) -> None:
+    server = ServerConfig(repository=Path("."), replica_cpus=replica_cpus)
+    assert server.instances(ModelConfig()) == instances
+    assert server.threads_per_instance(ModelConfig()) == threads
