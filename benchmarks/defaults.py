@@ -12,8 +12,9 @@ and ``digits`` at 1 in flight over gRPC and HTTP binary.
 Each server run is bracketed by readings of in-process ONNX Runtime at its best (batch sizes
 swept in two thread layouts once, then each layout's best read again), on a quiet machine: a
 run's ratio is its rate over the mean of the readings around it. ``--before REV`` also runs the
-``serving`` package of commit REV the same way, alternating with today's, so that "no worse
-than before" is read side by side.
+``serving`` package of commit REV the same way, alternating with today's; ``digits`` at 1 in
+flight is then also read with both servers up at once, in alternating windows
+(``--digits-rounds``), so that "no worse than before" is read side by side.
 """
 
 from __future__ import annotations
@@ -90,6 +91,15 @@ def digits_target(repository: Path) -> Target:
     return SCENARIOS["digits"].target(repository, batched=False)
 
 
+def measure_digits(repository: Path, urls: dict[str, str], seconds: float) -> list[dict[str, Any]]:
+    rows = []
+    for protocol in ("grpc", "http_binary"):
+        plan = Plan(protocol, concurrency=1, window_s=seconds, max_windows=6, warmup_s=1.0)
+        figures = measure_apart(plan, urls, digits_target(repository))
+        rows.append({"what": f"digits {protocol}", **figures})
+    return rows
+
+
 def measure_server(
     repository: Path, args: argparse.Namespace, source: Path | None
 ) -> tuple[list[dict[str, Any]], list[str]]:
@@ -104,12 +114,30 @@ def measure_server(
         for concurrency in args.concurrency:
             plan = Plan(args.protocol, concurrency=concurrency, **window)
             rows.append({"what": "cnn", **measure_apart(plan, served.urls, cnn)})
-        for protocol in ("grpc", "http_binary"):
-            plan = Plan(protocol, concurrency=1, **window)
-            figures = measure_apart(plan, served.urls, digits_target(repository))
-            rows.append({"what": f"digits {protocol}", **figures})
+        rows += measure_digits(repository, served.urls, args.seconds)
         banner = [line.rstrip() for line in served.banner if "INFO" not in line]
     return rows, banner
+
+
+def digits_side_by_side(
+    repository: Path, sources: list[tuple[str, Path | None]], rounds: int, seconds: float
+) -> list[dict[str, Any]]:
+    """Every source's ``serving serve`` up at once; digits at 1 in flight read from each in
+    turn, ``rounds`` times, the order alternating: both see the same machine."""
+    rows = []
+    with contextlib.ExitStack() as stack:
+        servers = []
+        for label, source in sources:
+            state = stack.enter_context(tempfile.TemporaryDirectory())
+            served = stack.enter_context(
+                command_line(repository, source=source, state_dir=Path(state))
+            )
+            servers.append((label, served))
+        for index in range(rounds):
+            for label, served in servers[:: 1 if index % 2 == 0 else -1]:
+                for row in measure_digits(repository, served.urls, seconds):
+                    rows.append({"run": index + 1, "server": label, **row})
+    return rows
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -118,6 +146,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--protocol", choices=["grpc", "http_binary"], default="grpc")
     parser.add_argument("--seconds", type=float, default=3.0, help="measurement window")
     parser.add_argument("--before", help="also run the serving package of this commit")
+    parser.add_argument(
+        "--digits-rounds", type=int, default=8, help="side-by-side digits rounds (with --before)"
+    )
 
 
 def run(args: argparse.Namespace) -> list[Path]:
@@ -149,6 +180,11 @@ def run(args: argparse.Namespace) -> list[Path]:
                     if row["what"] == "cnn":
                         row["ratio"] = row["throughput_rps"] / bracket
                 rows += measured
+            side_by_side = []
+            if args.before:
+                side_by_side = digits_side_by_side(
+                    repository, sources, args.digits_rounds, args.seconds
+                )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     summary = []
@@ -161,6 +197,12 @@ def run(args: argparse.Namespace) -> list[Path]:
                 measure = "÷ in-process" if what == "cnn" else "p50 ms"
                 summary.append({"server": label, "what": f"{what} at {concurrency}: {measure}",
                                 "runs": len(values), **spread(values)})  # fmt: skip
+        for what in sorted({r["what"] for r in side_by_side}):
+            values = [
+                r["p50_ms"] for r in side_by_side if r["server"] == label and r["what"] == what
+            ]
+            summary.append({"server": label, "what": f"{what} at 1, side by side: p50 ms",
+                            "runs": len(values), **spread(values)})  # fmt: skip
     text = "\n".join([
         "# `serving serve REPO` with no flags: CNN from a Triton config.pbtxt",
         "",
@@ -172,13 +214,18 @@ def run(args: argparse.Namespace) -> list[Path]:
         "",
         table(rows, COLUMNS, text_columns=3),
         "",
+        "Side by side (every server up at once, alternating windows):",
+        "",
+        table(side_by_side, COLUMNS, text_columns=3) if side_by_side else "(not run)",
+        "",
         *(f"What `{label}` printed at start:\n\n```\n" + "\n".join(lines[-12:]) + "\n```\n"
           for label, lines in banners.items()),
     ])  # fmt: skip
     print(text)
     parameters = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     document = {"in_process": ceiling, "in_process_readings": readings, "runs": rows,
-                "summary": summary, "banners": banners}  # fmt: skip
+                "side_by_side": side_by_side, "summary": summary,
+                "banners": banners}  # fmt: skip
     return save(
         args.out, args.name or "defaults", parameters=parameters, document=document,
         markdown=text,

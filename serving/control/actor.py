@@ -9,12 +9,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
 import ray
 from ray.experimental import internal_kv
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from serving.control.channel import PollAnswer, ReplicaReport
 from serving.control.controller import Controller, ControlSettings, FileStore
@@ -25,6 +25,10 @@ from serving.observe.stats import Key, StatsWindow
 logger = logging.getLogger(__name__)
 
 NAMESPACE = "serving"
+HEAD_RESOURCE = "node:__internal_head__"
+"""The resource only Ray's head node has."""
+RETRY_S = 10.0
+"""How long calls other than polls retry a controller that Ray is restarting."""
 KV_NAMESPACE = b"serving"
 
 
@@ -121,31 +125,21 @@ class ControllerActor:
         return (await self._started()).replicas()
 
 
-def _head_node() -> NodeAffinitySchedulingStrategy | None:
-    for node in ray.nodes():  # type: ignore[no-untyped-call]
-        if node.get("Alive") and "node:__internal_head__" in node.get("Resources", {}):
-            return NodeAffinitySchedulingStrategy(node["NodeID"], soft=True)
-    return None
-
-
 def controller_for(
     app: str, settings: ControlSettings, state_file: Path | None
 ) -> ray.actor.ActorHandle[Any]:
     """The application's controller, created (on the head node, where it can) if it does not
     exist yet."""
-    options: dict[str, Any] = {
-        "name": controller_name(app),
-        "namespace": NAMESPACE,
-        "lifetime": "detached",
-        "get_if_exists": True,
-        "max_concurrency": 10_000,  # every replica's long poll is one call in flight
-    }
-    strategy = _head_node()
-    if strategy is not None:
-        options["scheduling_strategy"] = strategy
-    return ControllerActor.options(**options).remote(  # type: ignore[attr-defined,no-any-return]
-        app, settings, None if state_file is None else str(state_file)
-    )
+    return ControllerActor.options(  # type: ignore[attr-defined,no-any-return]
+        name=controller_name(app),
+        namespace=NAMESPACE,
+        lifetime="detached",
+        get_if_exists=True,
+        max_concurrency=10_000,  # every replica's long poll is one call in flight
+        # On the head node, as Ray Serve's own controller: losing a worker node must not take
+        # the control plane with it (a soft affinity spilled to a worker on a busy head).
+        resources={HEAD_RESOURCE: 0.001},
+    ).remote(app, settings, None if state_file is None else str(state_file))
 
 
 def existing_controller(app: str) -> ray.actor.ActorHandle[Any] | None:
@@ -171,20 +165,27 @@ class RayChannel:
     def __init__(self, handle: ray.actor.ActorHandle[Any]) -> None:
         self._handle = handle
 
-    async def _call(self, method: str, *args: Any) -> Any:
-        try:
-            return await getattr(self._handle, method).remote(*args)
-        except ray.exceptions.RayTaskError as error:
-            if isinstance(error.cause, ServingError):
-                raise error.cause from None
-            raise
+    async def _call(self, method: str, *args: Any, retry_s: float = RETRY_S) -> Any:
+        deadline = time.monotonic() + retry_s
+        while True:
+            try:
+                return await getattr(self._handle, method).remote(*args)
+            except ray.exceptions.RayTaskError as error:
+                if isinstance(error.cause, ServingError):
+                    raise error.cause from None
+                raise
+            except (ray.exceptions.ActorUnavailableError, ray.exceptions.RayActorError):
+                if time.monotonic() >= deadline:
+                    raise
+                await asyncio.sleep(0.2)  # Ray is restarting it: the same handle reaches it
 
     async def current(self) -> DesiredState:
         state: DesiredState = await self._call("current")
         return state
 
     async def poll(self, report: ReplicaReport, timeout_s: float) -> PollAnswer:
-        answer: PollAnswer = await self._call("poll", report, timeout_s)
+        # The follower retries polls itself, and must keep its own pace while it does.
+        answer: PollAnswer = await self._call("poll", report, timeout_s, retry_s=0)
         return answer
 
     async def load(self, name: str, override: str | None) -> None:

@@ -19,14 +19,12 @@ class Signature:
     inputs_by_name: dict[str, TensorConfig] = field(init=False, repr=False, compare=False)
     input_shapes: dict[str, tuple[int, ...]] = field(init=False, repr=False, compare=False)
     output_types: dict[str, str] = field(init=False, repr=False, compare=False)
-    output_index: dict[str, int] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         derived = {
             "inputs_by_name": {t.name: t for t in self.inputs},
             "input_shapes": {t.name: tuple(self.full_shape(t)) for t in self.inputs},
             "output_types": {t.name: t.datatype for t in self.outputs},
-            "output_index": {t.name: i for i, t in enumerate(self.outputs)},
         }
         for name, value in derived.items():
             object.__setattr__(self, name, value)

@@ -52,15 +52,6 @@ def numpy_dtype(datatype: str) -> np.dtype:
         ) from None
 
 
-def from_numpy(dtype: np.dtype) -> str:
-    for name, candidate in NUMPY_DTYPES.items():
-        if candidate == dtype:
-            return name
-    if dtype.kind in ("U", "S"):
-        return "BYTES"
-    raise ValueError(f"numpy dtype {dtype} has no v2 datatype")
-
-
 def from_ort(ort_type: str) -> str:
     try:
         return _ORT_TO_V2[ort_type]

@@ -103,6 +103,18 @@ def test_triton_pbtxt_config_is_honoured(client: V2Client) -> None:
         client.infer("triton_add_sub", [In("INPUT0", data, "FP32"), In("INPUT1", data, "FP32")])
 
 
+def test_model_config_carries_dynamic_batching_as_triton_does(client: V2Client) -> None:
+    """perf_analyzer and model_analyzer read it; 64-bit fields are numbers, an empty preferred
+    list reads as [max_batch_size], the queue policy is the one in effect."""
+    batching = client.model_config("batched_digits")["dynamic_batching"]
+    assert batching["preferred_batch_size"] == [64]
+    assert int(batching["max_queue_delay_microseconds"]) == 5000
+    policy = batching["default_queue_policy"]
+    assert int(policy["max_queue_size"]) == 1024
+    assert policy.get("timeout_action", "REJECT") == "REJECT"  # gRPC's JSON leaves defaults out
+    assert "dynamic_batching" not in client.model_config("digits")
+
+
 def test_statistics_count_inferences(client: V2Client) -> None:
     def counts() -> tuple[int, int]:
         stats = client.statistics("add_sub")[0]

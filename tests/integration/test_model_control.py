@@ -251,6 +251,32 @@ def test_kuberay_probe_says_success(two: Server) -> None:
         assert probe.status_code == 200 and "success" in probe.text
 
 
+def test_a_replaced_replica_starts_on_the_current_revision(two: Server) -> None:
+    """A replica Ray Serve starts in place of a dead one serves what model control set, not what
+    the repository says, before it answers."""
+    client = V2Client("http", two.http_url, two.grpc_url)
+    client.unload_model("identity_fp32")
+    try:
+        victim = cluster.replica_actor_names(two.app)[0]
+        ray.kill(ray.get_actor(victim, namespace="serve"), no_restart=True)
+        deadline = time.monotonic() + 120
+        while True:
+            names = cluster.replica_actor_names(two.app)
+            if len(names) == 2 and victim not in names:
+                break
+            assert time.monotonic() < deadline, "the replica was not replaced"
+            time.sleep(0.5)
+        answering = replicas_answering(two, attempts=200)
+        assert len(answering) == 2, answering
+        body = {"inputs": [{"name": "INPUT", "shape": [1, 2], "datatype": "FP32",
+                            "data": [1.0, 2.0]}]}  # fmt: skip
+        for _ in range(20):  # neither the survivor nor the replacement serves it
+            with httpx.Client(base_url=f"http://{two.http_url}") as http:
+                assert http.post("/v2/models/identity_fp32/infer", json=body).status_code == 404
+    finally:
+        client.load_model("identity_fp32")
+
+
 def test_a_killed_controller_comes_back_with_its_state(two: Server) -> None:
     client = V2Client("http", two.http_url, two.grpc_url)
     client.unload_model("identity_fp32")
