@@ -163,46 +163,39 @@ class Registry:
         self, spec: ModelSpec, wanted: VersionSpec, old: ModelVersion | None
     ) -> ModelVersion:
         shown = f"{spec.name}/{wanted.version}/{spec.config.model_filename}"
-        stats = self.book.window(spec.name, wanted.version)
-        if (
-            old is not None
+        reused = (
+            old
+            if old is not None
             and old.sha256 == wanted.sha256
             and self._same_session(old.config, spec.config)
-        ):
-            signature = signed(spec.config, old.runtime, shown)
-            loaded = Loaded(old.runtime, signature, old.sha256)
-            fresh = ModelVersion(
-                spec.name,
-                wanted.version,
-                spec.config,
-                loaded,
-                workers=self._workers,
-                clock=self._clock,
-                stats=stats,
-                execution=old.execution,
-                instances=self._instances(spec.config),
-            )
-            old.owns_runtime = False
-            return fresh
-        path = self._repository / shown
-        loaded = await asyncio.to_thread(
-            load_version,
-            path,
-            spec.config,
-            self._factory,
-            shown=shown,
-            expected_sha256=wanted.sha256,
+            else None
         )
-        return ModelVersion(
+        if reused is not None:
+            runtime = reused.runtime
+            loaded = Loaded(runtime, signed(spec.config, runtime, shown), reused.sha256)
+        else:
+            loaded = await asyncio.to_thread(
+                load_version,
+                self._repository / shown,
+                spec.config,
+                self._factory,
+                shown=shown,
+                expected_sha256=wanted.sha256,
+            )
+        fresh = ModelVersion(
             spec.name,
             wanted.version,
             spec.config,
             loaded,
             workers=self._workers,
             clock=self._clock,
-            stats=stats,
+            stats=self.book.window(spec.name, wanted.version),
+            execution=reused.execution if reused is not None else None,
             instances=self._instances(spec.config),
         )
+        if reused is not None:
+            reused.owns_runtime = False  # the session is the new version's now
+        return fresh
 
     def _same_session(self, a: ModelConfig, b: ModelConfig) -> bool:
         """Whether a session opened for ``a`` serves ``b`` unchanged: the same file, providers

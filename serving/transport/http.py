@@ -181,7 +181,10 @@ def build_app(
     model = "/v2/models/{model}"
     versioned = "/v2/models/{model}/versions/{version}"
     repository = "/v2/repository/models/{model}"
+    # Starlette tries routes in order: inference first, it is what every request wants.
     routes = [
+        Route(model + "/infer", infer, methods=["POST"]),
+        Route(versioned + "/infer", infer, methods=["POST"]),
         Route("/v2/health/live", live),
         Route("/v2/health/ready", ready),
         Route("/-/healthz", healthz),
@@ -197,7 +200,6 @@ def build_app(
             Route(prefix + "/ready", model_ready),
             Route(prefix + "/config", model_config),
             Route(prefix + "/stats", statistics),
-            Route(prefix + "/infer", infer, methods=["POST"]),
         ]
     return Starlette(
         routes=routes,
