@@ -145,7 +145,7 @@ def _print_banner(config: ServerConfig, sizing: str, state: DesiredState) -> Non
     table = Table(box=None, pad_edge=False)
     for column in ("model", "versions", "instances", "threads each", "batching"):
         table.add_column(column)
-    for spec in state.models.values():
+    for spec in sorted(state.models.values(), key=lambda s: s.name):
         model = spec.config
         batching = model.dynamic_batching
         table.add_row(

@@ -17,7 +17,8 @@ import ray
 from ray.experimental import internal_kv
 
 from serving.control.channel import PollAnswer, ReplicaReport
-from serving.control.controller import Controller, ControlSettings, FileStore
+from serving.control.controller import Controller, ControlSettings
+from serving.control.store import FileStore
 from serving.errors import ServingError
 from serving.models.spec import DesiredState
 from serving.observe.stats import Key, StatsWindow

@@ -17,26 +17,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import json
 import logging
-import os
-import tempfile
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from serving.clock import MONOTONIC, Clock
 from serving.config import ModelControlMode
 from serving.control.channel import PollAnswer, ReplicaReport
+from serving.control.index import repository_index
+from serving.control.store import STATE_FORMAT, Store
 from serving.errors import ModelControlDisabledError, ModelLoadError, ModelNotFoundError
-from serving.models.repository import Hashes, config_override, model_directories, scan_model
+from serving.models.repository import Hashes, model_directories, plan_model
 from serving.models.spec import DesiredState, ModelSpec, VersionSpec
 from serving.observe.stats import Key, StatsWindow
 
 logger = logging.getLogger(__name__)
 
-STATE_FORMAT = 1
 LIVENESS_S = 5.0
 """A replica that has not polled for this long is taken for gone (replicas poll every second)."""
 APPLY_TIMEOUT_S = 600.0
@@ -44,38 +42,6 @@ APPLY_TIMEOUT_S = 600.0
 FLUSH_TIMEOUT_S = 2.0
 """How long a statistics read waits for every replica's fresh counters."""
 TIMINGS_KEPT = 256
-
-
-class Store(Protocol):
-    """Somewhere the desired state survives the controller."""
-
-    def load(self) -> dict[str, Any] | None: ...
-
-    def save(self, document: dict[str, Any]) -> None: ...
-
-
-class FileStore:
-    """A JSON file, replaced atomically on every save."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def load(self) -> dict[str, Any] | None:
-        try:
-            document = json.loads(self.path.read_text())
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError) as error:
-            logger.warning("ignoring unreadable state file %s: %s", self.path, error)
-            return None
-        return document if isinstance(document, dict) else None
-
-    def save(self, document: dict[str, Any]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, temporary = tempfile.mkstemp(dir=self.path.parent, prefix=".state-")
-        with os.fdopen(fd, "w") as handle:
-            json.dump(document, handle)
-        os.replace(temporary, self.path)
 
 
 @dataclass(frozen=True)
@@ -209,31 +175,11 @@ class Controller:
     # -- planning and committing ---------------------------------------------------------------
 
     async def _plan(self, name: str, override: str | None) -> ModelSpec:
-        """What serving ``name`` from the repository (with ``override`` as its config) means now:
-        its config and the versions the policy picks, each with its file's sha256."""
-        directory = self.settings.repository / name
-        if "/" in name or name.startswith(".") or not directory.is_dir():
-            raise ModelNotFoundError(
-                model=name, known=[d.name for d in model_directories(self.settings.repository)]
-            )
-        config = config_override(override) if override else None
-        source = scan_model(directory, config)
-        if source.error is not None:
-            return ModelSpec(name, source.config, error=source.error, override=override)
-        versions: list[VersionSpec] = []
-        unavailable: list[tuple[int, str]] = []
-        for found in source.versions:
-            shown = f"{name}/{found.version}/{source.config.model_filename}"
-            try:
-                sha = await asyncio.to_thread(self._hashes.sha256, found.path)
-            except FileNotFoundError:
-                unavailable.append((found.version, f"model file {shown} not found"))
-                continue
-            except OSError as error:
-                unavailable.append((found.version, f"cannot read {shown}: {error.strerror}"))
-                continue
-            versions.append(VersionSpec(found.version, sha))
-        return ModelSpec(name, source.config, tuple(versions), tuple(unavailable), None, override)
+        """What serving ``name`` from the repository (with ``override`` as its config) means
+        now; reading and hashing files leaves the event loop."""
+        return await asyncio.to_thread(
+            plan_model, self.settings.repository, name, override, self._hashes
+        )
 
     async def _commit(
         self,
@@ -523,67 +469,20 @@ class Controller:
     # -- the repository index ------------------------------------------------------------------
 
     def index(self, ready_only: bool = False) -> list[dict[str, Any]]:
-        """Every model in the repository (and every loaded one) with each version's state:
-        READY, LOADING (not yet applied everywhere), UNLOADING, UNAVAILABLE with the reason;
-        models never loaded have a name only, as Triton lists them."""
-        live = [s.report for s in self._live()]
-        applied = min((r.applied for r in live), default=self.state.revision)
+        """Every model in the repository (and every loaded one) with each version's state; see
+        ``index.py``."""
         try:
             on_disk = [d.name for d in model_directories(self.settings.repository)]
         except FileNotFoundError:
             on_disk = []
-        rows: list[dict[str, Any]] = []
-        for name in sorted({*on_disk, *self.state.models}):
-            spec = self.state.models.get(name)
-            settled = self._changed_at.get(name, 0) <= applied
-            if spec is None:
-                rows += self._unloaded_rows(name, settled)
-                continue
-            if spec.error is not None:
-                rows.append(_row(name, "", "UNAVAILABLE", spec.error))
-                continue
-            unavailable = dict(spec.unavailable)
-            for number in sorted({*(v.version for v in spec.versions), *unavailable}):
-                if number in unavailable:
-                    rows.append(_row(name, str(number), "UNAVAILABLE", unavailable[number]))
-                elif not settled:
-                    rows.append(_row(name, str(number), "LOADING", ""))
-                else:
-                    rows.append(self._served_row(name, spec, number, live))
-        if ready_only:
-            rows = [r for r in rows if r.get("state") == "READY"]
-        return rows
-
-    def _unloaded_rows(self, name: str, settled: bool) -> list[dict[str, Any]]:
-        if name not in self.state.unloaded:
-            return [{"name": name}]
-        state, reason = ("UNAVAILABLE", "unloaded") if settled else ("UNLOADING", "")
-        versions = self._unloaded_versions.get(name) or ()
-        return [_row(name, str(v), state, reason) for v in versions] or [
-            _row(name, "", state, reason)
-        ]
-
-    @staticmethod
-    def _served_row(
-        name: str, spec: ModelSpec, number: int, live: list[ReplicaReport]
-    ) -> dict[str, Any]:
-        wanted = spec.version(number)
-        assert wanted is not None
-        reasons = [
-            reason
-            for report in live
-            if (failure := report.failures.get((name, number))) is not None
-            for sha, reason in [failure]
-            if sha == wanted.sha256
-        ]
-        if not reasons:
-            return _row(name, str(number), "READY", "")
-        if len(reasons) == len(live):
-            return _row(name, str(number), "UNAVAILABLE", reasons[0])
-        return _row(
-            name, str(number), "READY", f"failed on {len(reasons)} of {len(live)} replicas: "
-            f"{reasons[0]}"
-        )  # fmt: skip
+        rows = repository_index(
+            self.state,
+            on_disk=on_disk,
+            live=[s.report for s in self._live()],
+            changed_at=self._changed_at,
+            unloaded_versions=self._unloaded_versions,
+        )
+        return [r for r in rows if r.get("state") == "READY"] if ready_only else rows
 
 
 def _changed_versions(spec: ModelSpec, previous: ModelSpec | None) -> set[int]:
@@ -591,7 +490,3 @@ def _changed_versions(spec: ModelSpec, previous: ModelSpec | None) -> set[int]:
     if previous is None or previous.config != spec.config:
         return {v.version for v in spec.versions}
     return {v.version for v in spec.versions if previous.version(v.version) != v}
-
-
-def _row(name: str, version: str, state: str, reason: str) -> dict[str, Any]:
-    return {"name": name, "version": version, "state": state, "reason": reason}

@@ -19,7 +19,8 @@ import yaml
 from google.protobuf import json_format, text_format
 
 from serving.config import LatestPolicy, ModelConfig, SpecificPolicy
-from serving.errors import InvalidInputError
+from serving.errors import InvalidInputError, ModelNotFoundError
+from serving.models.spec import ModelSpec, VersionSpec
 from serving.protocol.datatypes import from_triton
 
 if TYPE_CHECKING:
@@ -237,6 +238,29 @@ def sha256_of(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def plan_model(repository: Path, name: str, override: str | None, hashes: Hashes) -> ModelSpec:
+    """What serving ``name`` from ``repository`` (with ``override``, Triton's config JSON, as its
+    config) means now: the config and the versions its policy picks, each with its file's
+    sha256; versions whose file cannot be read are unavailable with the reason."""
+    directory = repository / name
+    if "/" in name or name.startswith(".") or not directory.is_dir():
+        raise ModelNotFoundError(model=name, known=[d.name for d in model_directories(repository)])
+    source = scan_model(directory, config_override(override) if override else None)
+    if source.error is not None:
+        return ModelSpec(name, source.config, error=source.error, override=override)
+    versions: list[VersionSpec] = []
+    unavailable: list[tuple[int, str]] = []
+    for found in source.versions:
+        shown = f"{name}/{found.version}/{source.config.model_filename}"
+        try:
+            versions.append(VersionSpec(found.version, hashes.sha256(found.path)))
+        except FileNotFoundError:
+            unavailable.append((found.version, f"model file {shown} not found"))
+        except OSError as error:
+            unavailable.append((found.version, f"cannot read {shown}: {error.strerror}"))
+    return ModelSpec(name, source.config, tuple(versions), tuple(unavailable), None, override)
 
 
 class Hashes:

@@ -17,8 +17,9 @@ import pytest
 from serving.clock import MONOTONIC
 from serving.config import ModelControlMode
 from serving.control.channel import LocalChannel, ReplicaReport
-from serving.control.controller import Controller, ControlSettings, FileStore
+from serving.control.controller import Controller, ControlSettings
 from serving.control.follower import Follower
+from serving.control.store import FileStore
 from serving.errors import ModelControlDisabledError, ModelLoadError, ModelNotFoundError
 from serving.models.execution import Workers
 from serving.models.registry import Registry
