@@ -277,11 +277,16 @@ def test_poll_mode_serves_a_version_that_appears_and_drops_a_removed_model(
             # A broken new version fails on every replica: version 2 keeps serving and the
             # poller does not try the same file again.
             write_model(tmp_path, "m", 3, b"corrupt")
+
+            def settled() -> bool:  # the correcting revision is out, not just the reports
+                return 3 in dict(group.controller.state.models["m"].unavailable)
+
             for _ in range(200):
-                rows = {r.get("version"): r for r in group.controller.index()}
-                if rows.get("3", {}).get("state") == "UNAVAILABLE":
+                if settled():
                     break
                 await asyncio.sleep(0.02)
+            assert settled()
+            rows = {r.get("version"): r for r in group.controller.index()}
             assert rows["3"]["state"] == "UNAVAILABLE"
             revision = group.controller.state.revision
             await asyncio.sleep(0.3)
