@@ -175,7 +175,7 @@ class DataPlane:
     # -- inference -----------------------------------------------------------------------------
 
     def route(self, request: InferenceRequest) -> ModelVersion:
-        return self.registry.resolve(request.model_name, parse_version(request.model_version))
+        return self.require(request.model_name, request.model_version)
 
     async def infer(
         self, request: InferenceRequest, target: ModelVersion | None = None

@@ -57,13 +57,8 @@ def _served(name: str, spec: ModelSpec, number: int, live: list[ReplicaReport]) 
     """A version the state serves: READY, unless replicas failed to load its file."""
     wanted = spec.version(number)
     assert wanted is not None
-    reasons = [
-        reason
-        for report in live
-        if (failure := report.failures.get((name, number))) is not None
-        for sha, reason in [failure]
-        if sha == wanted.sha256
-    ]
+    failures = [report.failures.get((name, number)) for report in live]
+    reasons = [f[1] for f in failures if f is not None and f[0] == wanted.sha256]
     if not reasons:
         return _row(name, str(number), "READY", "")
     if len(reasons) == len(live):
