@@ -35,6 +35,8 @@ class Endpoint:
     banner: list[str] = field(default_factory=list)
     deployed: Any = None
     """The config as deployed (sized), for an application deployed here."""
+    metrics: str | None = None
+    """Where ``/metrics`` answers, when it is on."""
 
     @property
     def urls(self) -> dict[str, str]:
@@ -73,16 +75,22 @@ def deployed(repository: Path, name: str, **options: Any) -> Iterator[Endpoint]:
     from serving.config import ServerConfig
     from serving.control import cluster
 
-    with held_ports(2) as (http_port, grpc_port):
+    with held_ports(3) as (http_port, grpc_port, metrics_port):
         config = ServerConfig(
             repository=repository,
             host="127.0.0.1",
             http_port=http_port,
             grpc_port=grpc_port,
+            metrics_port=options.pop("metrics_port", metrics_port),
             **options,
         )
         config, _ = cluster.deploy(config, name=name)
-        endpoint = Endpoint(f"127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}", deployed=config)
+        endpoint = Endpoint(
+            f"127.0.0.1:{http_port}",
+            f"127.0.0.1:{grpc_port}",
+            deployed=config,
+            metrics=f"127.0.0.1:{metrics_port}",
+        )
         try:
             yield endpoint
         finally:
@@ -112,11 +120,14 @@ def command_line(
     """``serving serve [REPOSITORY]`` with only ports (held) and ``arguments`` added, as a user
     runs it, with its own embedded Ray; stopped with Ctrl-C at the end. ``source``: run the
     ``serving`` package of that source tree instead of this one."""
-    with held_ports(2) as (http_port, grpc_port):
+    with held_ports(3) as (http_port, grpc_port, metrics_port):
         command = [sys.executable, "-m", "serving.cli", "serve"]
         command += [str(repository)] if repository is not None else []
         command += ["--host", "127.0.0.1", "--http-port", str(http_port)]
-        command += ["--grpc-port", str(grpc_port), *arguments]
+        command += ["--grpc-port", str(grpc_port)]
+        if source is None:  # an older tree may not have the flag (nor the metrics port)
+            command += ["--metrics-port", str(metrics_port)]
+        command += arguments
         env = dict(os.environ, RAY_ADDRESS="", COLUMNS="200")
         if source is not None:
             env["PYTHONPATH"] = str(source)
@@ -135,7 +146,11 @@ def command_line(
         reader = threading.Thread(target=lambda: lines.extend(process.stdout or ()), daemon=True)
         reader.start()
         endpoint = Endpoint(
-            f"127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}", process.pid, banner=lines
+            f"127.0.0.1:{http_port}",
+            f"127.0.0.1:{grpc_port}",
+            process.pid,
+            banner=lines,
+            metrics=f"127.0.0.1:{metrics_port}" if source is None else None,
         )
         try:
             wait_ready(endpoint.http, process)

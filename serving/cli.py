@@ -59,6 +59,16 @@ def serve(
     host: str = typer.Option("0.0.0.0", help="Address to bind."),
     http_port: int = typer.Option(8000, "--http-port", help="KServe v2 HTTP port."),
     grpc_port: int = typer.Option(8001, "--grpc-port", help="KServe v2 gRPC port."),
+    metrics_port: int = typer.Option(
+        8002, "--metrics-port", help="Prometheus /metrics port (each node answers for itself)."
+    ),
+    no_metrics: bool = typer.Option(False, "--no-metrics", help="Serve no /metrics."),
+    metrics_triton: bool = typer.Option(
+        False, "--metrics-triton", help="Also expose Triton's metric names (nv_inference_*)."
+    ),
+    access_log: bool = typer.Option(
+        False, "--access-log", help="Log every inference request as one JSON line."
+    ),
     address: str | None = typer.Option(
         None, help="Ray cluster address (else RAY_ADDRESS, else an embedded Ray)."
     ),
@@ -111,6 +121,9 @@ def serve(
             host=host,
             http_port=http_port,
             grpc_port=grpc_port,
+            metrics_port=None if no_metrics else metrics_port,
+            metrics_triton=metrics_triton,
+            access_log=access_log,
             replicas=replicas,
             replica_cpus=replica_cpus,
             replica_resources=_resources(replica_resource),
@@ -158,6 +171,8 @@ def _print_banner(config: ServerConfig, sizing: str, state: DesiredState) -> Non
     console.print(table)
     console.print(f"  HTTP  http://{shown}:{config.http_port}/v2")
     console.print(f"  gRPC  {shown}:{config.grpc_port}  (inference.GRPCInferenceService)")
+    if config.metrics_port is not None:
+        console.print(f"  metrics  http://{shown}:{config.metrics_port}/metrics")
     ones, twos = ",".join(["1"] * 16), ",".join(["2"] * 16)
     body = (
         '{"inputs":[{"name":"INPUT0","shape":[1,16],"datatype":"FP32","data":[' + ones + "]},"

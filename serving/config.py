@@ -151,6 +151,15 @@ class ServerConfig(_Frozen):
     resume: bool = True
     """Start from the saved state (models loaded and unloaded through model control, config
     overrides) when it belongs to this repository."""
+    metrics_port: int | None = Field(default=8002, ge=0, le=65535)
+    """Prometheus ``/metrics`` port, shared by the replicas of a node (each answers for the
+    node); None turns it off."""
+    metrics_triton: bool = False
+    """Also expose Triton's metric names (``nv_inference_request_success``, ...)."""
+    run: str = ""
+    """This server start's id (set when it deploys): names the node's metrics directory."""
+    access_log: bool = False
+    """Write a JSON line per inference request to the ``serving.access`` logger."""
     max_request_bytes: PositiveInt = 256 * 1024 * 1024
     """Largest HTTP request body accepted (after decompression)."""
     grpc_max_message_bytes: PositiveInt = 128 * 1024 * 1024

@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import time
+from types import TracebackType
 from typing import Any
 
 from serving import __version__
@@ -29,8 +31,10 @@ from serving.models.registry import Registry
 from serving.models.repository import parse_version
 from serving.models.signature import Signature, validate
 from serving.models.version import ModelVersion
+from serving.observe.logs import AccessLog, Trace
 from serving.observe.stats import StatsWindow
 from serving.protocol.datatypes import to_triton
+from serving.status import http_status
 from serving.types import InferenceRequest, InferenceResponse, Tensor
 
 logger = logging.getLogger(__name__)
@@ -72,14 +76,76 @@ def is_loopback(host: str | None) -> bool:
     return address.is_loopback
 
 
+CLIENT_CLOSED = 499
+"""The status recorded for a request whose client left before its answer (nginx's code)."""
+
+
+class Call:
+    """One inference request, observed from its arrival to its answer: a context manager
+    around everything a transport does for it (routing, reading and decoding the body,
+    inference, encoding). On exit it is recorded once, in its model version's window (or, when
+    it could not be routed, in the model's or the server's), with the status it was answered
+    with, and written to the access log when that is on."""
+
+    __slots__ = (
+        "_dataplane", "infer_ns", "input_ns", "model", "protocol", "queue_ns", "rows",
+        "started", "status", "target", "trace", "version",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        dataplane: DataPlane,
+        protocol: str,
+        model: str,
+        version: str | None,
+        trace: Trace | None,
+    ) -> None:
+        self._dataplane = dataplane
+        self.protocol = protocol
+        self.model = model
+        self.version = version
+        self.trace = trace
+        self.target: ModelVersion | None = None
+        self.status: int | None = None
+        """Set by a transport that answers without raising (a client that left)."""
+        self.rows = 0
+        self.input_ns = self.queue_ns = self.infer_ns = 0
+        self.started = dataplane._clock.now()
+
+    def __enter__(self) -> Call:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if isinstance(error, asyncio.CancelledError):
+            status = CLIENT_CLOSED
+        elif isinstance(error, ServingError):
+            status = http_status(error.code)
+        elif error is not None:
+            status = 500
+        else:
+            status = self.status or 200
+        self._dataplane._record(self, status, error)
+
+
 class DataPlane:
     def __init__(
-        self, registry: Registry, control: ControlChannel, *, clock: Clock = MONOTONIC
+        self,
+        registry: Registry,
+        control: ControlChannel,
+        *,
+        clock: Clock = MONOTONIC,
+        access_log: AccessLog | None = None,
     ) -> None:
         self.registry = registry
         self._control = control
         self._clock = clock
         self._ready = False
+        self.access_log = access_log or AccessLog(enabled=False)
 
     # -- health and metadata -------------------------------------------------------------------
 
@@ -177,44 +243,71 @@ class DataPlane:
     def route(self, request: InferenceRequest) -> ModelVersion:
         return self.require(request.model_name, request.model_version)
 
+    def observe(
+        self, protocol: str, model: str, version: str | None, trace: Trace | None = None
+    ) -> Call:
+        """Open the record of one inference request (use it as a context manager)."""
+        return Call(self, protocol, model, version, trace)
+
+    def _record(self, call: Call, status: int, error: BaseException | None) -> None:
+        total_ns = _ns(self._clock.now() - call.started)
+        target = call.target
+        if target is not None:
+            window, version = target.stats, target.label
+        else:
+            known = call.model in self.registry.names
+            window = self.registry.book.window(call.model if known else "", 0)
+            version = ""
+        failed = None if status == 200 else (error or InternalError("client closed request"))
+        window.record(
+            call.protocol,
+            status,
+            total_ns,
+            error=failed,
+            rows=call.rows,
+            input_ns=call.input_ns,
+            queue_ns=call.queue_ns,
+            infer_ns=call.infer_ns,
+        )
+        log = self.access_log
+        if log.enabled:
+            log.write(
+                call, model=target.model if target else call.model, version=version,
+                status=status, total_ns=total_ns, wall=time.time(),
+            )  # fmt: skip
+
     async def infer(
-        self, request: InferenceRequest, target: ModelVersion | None = None
+        self, request: InferenceRequest, call: Call, target: ModelVersion | None = None
     ) -> InferenceResponse:
         """Route (``target``, if it still serves, else the request's model and version),
-        validate, schedule and execute, record."""
+        validate, schedule and execute; ``call`` (from :meth:`observe`) records it."""
         if target is None or not target.enter():
             target = self.route(request)
             target.enter()  # a version just resolved is not retired: no await in between
+        call.target = target
         clock = self._clock
-        started = clock.now()
         try:
             signature = target.signature
             names = validate(request, signature, target.model)
             timeout_s = request_timeout_s(request)
             feed = {t.name: t.data for t in request.inputs}
             rows = request.inputs[0].shape[0] if signature.max_batch_size > 0 else 1
-            validated = clock.now()
+            call.input_ns = _ns(clock.now() - call.started)
             outcome = await target.scheduler.run(feed, rows, names, timeout_s)
         except ServingError:
-            target.stats.record_failure(_ns(clock.now() - started))
             raise
         except Exception:
-            target.stats.record_failure(_ns(clock.now() - started))
             logger.exception("inference failed in %s version %s", target.model, target.version)
             raise InternalError(
                 f"inference failed in model '{target.model}' version {target.version}"
             ) from None
         finally:
             target.leave()
+        call.rows = rows
+        call.queue_ns = _ns(outcome.queue_s)
+        call.infer_ns = _ns(outcome.compute_s)
         types = signature.output_types
         outputs = [Tensor(n, types[n], a) for n, a in zip(names, outcome.outputs, strict=True)]
-        target.stats.record_success(
-            rows,
-            _ns(clock.now() - started),
-            input_ns=_ns(validated - started),
-            queue_ns=_ns(outcome.queue_s),
-            infer_ns=_ns(outcome.compute_s),
-        )
         return InferenceResponse(
             model_name=target.model, model_version=target.label, outputs=outputs, id=request.id
         )

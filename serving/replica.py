@@ -18,6 +18,8 @@ from serving.models.execution import Workers
 from serving.models.loader import RuntimeFactory
 from serving.models.registry import Registry
 from serving.models.runtimes.base import Runtime
+from serving.observe.logs import AccessLog
+from serving.observe.node import NodeMetrics, ReplicaSnapshot, metrics_directory
 from serving.transport.servers import Listeners
 
 logger = logging.getLogger(__name__)
@@ -77,21 +79,55 @@ class Replica:
             clock=clock,
             instances=config.instances,
         )
+        self.name = replica
         self.follower = Follower(channel, self.registry, replica=replica, node=node)
-        self.dataplane = DataPlane(self.registry, channel, clock=clock)
         served_by = f"{replica}@{node}" if node else replica
-        self.listeners = Listeners(config, self.dataplane, served_by=served_by)
+        self.dataplane = DataPlane(
+            self.registry,
+            channel,
+            clock=clock,
+            access_log=AccessLog(enabled=config.access_log, served_by=served_by),
+        )
+        self.metrics: NodeMetrics | None = None
+        if config.metrics_port is not None:
+            self.metrics = NodeMetrics(
+                metrics_directory(config.metrics_port, config.run or f"pid{os.getpid()}"),
+                self.snapshot,
+                triton_aliases=config.metrics_triton,
+            )
+        self.listeners = Listeners(
+            config, self.dataplane, served_by=served_by, metrics=self.metrics
+        )
+
+    def snapshot(self) -> ReplicaSnapshot:
+        """This replica's counters (copies) and gauges, for its node's metrics."""
+        registry = self.registry
+        versions = [(e.name, v) for e in registry.entries for v in e.versions.values()]
+        return ReplicaSnapshot(
+            pid=os.getpid(),
+            replica=self.name,
+            ready=self.dataplane.ready(),
+            windows=registry.book.snapshot(),
+            in_flight={(m, v.version): v.in_flight for m, v in versions},
+            queued={(m, v.version): v.scheduler.queued for m, v in versions},
+            loaded=[(m, v.version) for m, v in versions],
+            loads={model: list(seconds) for model, seconds in registry.book.loads.items()},
+        )
 
     async def start(self) -> None:
         """Serve the controller's current revision, then listen."""
         await self.follower.converge()
         self.follower.start()
+        if self.metrics is not None:
+            self.metrics.start()
         await self.listeners.start()
         self.dataplane.set_ready(True)
 
     async def stop(self) -> None:
         self.dataplane.set_ready(False)
         await self.listeners.stop()
+        if self.metrics is not None:
+            await self.metrics.stop()
         await self.follower.stop()
         await self.registry.close()
 

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import math
 import os
+import uuid
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -101,6 +102,7 @@ class ReplicaDeployment:
             "node": self._node,
             "http_port": listeners.http_port,
             "grpc_port": listeners.grpc_port,
+            "metrics_port": listeners.metrics_port,
         }
 
     async def __del__(self) -> None:
@@ -214,7 +216,11 @@ def deploy(config: ServerConfig, *, name: str = "serving") -> tuple[ServerConfig
     as deployed (sized to the cluster) and how it was sized."""
     sizing = size(config, _node_cpus(config))
     config = config.model_copy(
-        update={"replicas": sizing.replicas, "replica_cpus": sizing.replica_cpus}
+        update={
+            "replicas": sizing.replicas,
+            "replica_cpus": sizing.replica_cpus,
+            "run": config.run or uuid.uuid4().hex[:12],
+        }
     )
     handle = controller_for(name, control_settings(config), config.state_file)
     state_file = None if config.state_file is None else str(config.state_file)

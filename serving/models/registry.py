@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, KeysView, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -85,6 +85,11 @@ class Registry:
         applied state."""
 
     # -- what requests see ---------------------------------------------------------------------
+
+    @property
+    def names(self) -> KeysView[str]:
+        """The models this replica knows (loaded or not)."""
+        return self._models.keys()
 
     @property
     def entries(self) -> list[ModelEntry]:
@@ -174,6 +179,7 @@ class Registry:
             runtime = reused.runtime
             loaded = Loaded(runtime, signed(spec.config, runtime, shown), reused.sha256)
         else:
+            began = self._clock.now()
             loaded = await asyncio.to_thread(
                 load_version,
                 self._repository / shown,
@@ -182,6 +188,7 @@ class Registry:
                 shown=shown,
                 expected_sha256=wanted.sha256,
             )
+            self.book.record_load(spec.name, self._clock.now() - began)
         fresh = ModelVersion(
             spec.name,
             wanted.version,

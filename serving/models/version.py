@@ -77,6 +77,11 @@ class ModelVersion:
     def label(self) -> str:
         return str(self.version)
 
+    @property
+    def in_flight(self) -> int:
+        """Requests inside: queued or running."""
+        return self._inside
+
     def enter(self) -> bool:
         """Count a request in; False once the version is retired (route the request again)."""
         if self.retired:

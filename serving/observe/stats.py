@@ -1,11 +1,13 @@
 """Inference statistics as mergeable windows: what every replica counts, and what adds up.
 
 A :class:`StatsWindow` holds one model version's counters (requests, rows, executions, the time
-spent per stage, executions per batch size, and a latency histogram over :data:`LATENCY_BUCKETS_S`).
+spent per stage, executions per batch size, answers by protocol and code, rejections by reason,
+and histograms over :data:`LATENCY_BUCKETS_S` of request, queue and compute time).
 Windows add (:meth:`StatsWindow.add`) and subtract (:meth:`StatsWindow.minus`), so a replica keeps
 cumulative windows, the controller sums the latest one of every replica for the application's
 totals, and the difference of two snapshots is the window between them (what rollout gates and
-rates read). The v2 statistics document is rendered from a window, never counted separately.
+rates read). The v2 statistics document and the Prometheus exposition are rendered from windows,
+never counted separately: a request is recorded once, by ``StatsWindow.record``.
 """
 
 from __future__ import annotations
@@ -14,6 +16,13 @@ import bisect
 import time
 from dataclasses import dataclass, field
 from typing import Any
+
+from serving.errors import (
+    DeadlineExceededError,
+    ModelNotReadyError,
+    OverloadedError,
+    PayloadTooLargeError,
+)
 
 LATENCY_BUCKETS_S: tuple[float, ...] = (
     0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.005, 0.0075,
@@ -51,6 +60,63 @@ class Duration:
         return {"count": self.count, "ns": self.ns}
 
 
+@dataclass(slots=True)
+class Histogram:
+    """Durations counted per bucket of :data:`LATENCY_BUCKETS_S` (the last bucket counts those
+    above every bound), with their sum."""
+
+    counts: list[int] = field(default_factory=lambda: [0] * (len(_BOUNDS_NS) + 1))
+    sum_ns: int = 0
+
+    def add(self, ns: int) -> None:
+        self.counts[bisect.bisect_left(_BOUNDS_NS, ns)] += 1
+        self.sum_ns += ns
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts)
+
+    def merge(self, other: Histogram) -> None:
+        for index, count in enumerate(other.counts):
+            self.counts[index] += count
+        self.sum_ns += other.sum_ns
+
+    def minus(self, other: Histogram) -> Histogram:
+        counts = [a - b for a, b in zip(self.counts, other.counts, strict=True)]
+        return Histogram(counts, self.sum_ns - other.sum_ns)
+
+    def quantile(self, q: float) -> float | None:
+        """The ``q`` quantile in seconds, interpolated in its bucket as PromQL's
+        ``histogram_quantile`` does; None when empty."""
+        total = self.count
+        if total == 0:
+            return None
+        rank = q * total
+        seen = 0
+        lower = 0.0
+        for index, count in enumerate(self.counts):
+            upper = LATENCY_BUCKETS_S[index] if index < len(LATENCY_BUCKETS_S) else lower
+            if seen + count >= rank and count:
+                return lower + (upper - lower) * (rank - seen) / count
+            seen += count
+            lower = upper
+        return lower
+
+
+def rejection_reason(error: BaseException) -> str | None:
+    """Why a request was turned away before it ran, for requests that were not failed by
+    their input or the model: ``queue_full``, ``timeout``, ``not_ready``, ``too_large``."""
+    if isinstance(error, OverloadedError):
+        return "queue_full"
+    if isinstance(error, DeadlineExceededError):
+        return "timeout"
+    if isinstance(error, ModelNotReadyError):
+        return "not_ready"
+    if isinstance(error, PayloadTooLargeError):
+        return "too_large"
+    return None
+
+
 def _durations() -> dict[str, Duration]:
     return {stage: Duration() for stage in STAGES}
 
@@ -73,6 +139,46 @@ class StatsWindow:
     """Executions by batch size (rows), with their compute time."""
     latency: list[int] = field(default_factory=lambda: [0] * (len(_BOUNDS_NS) + 1))
     """Successful requests per latency bucket; the last counts those above every bound."""
+    answers: dict[tuple[str, int], int] = field(default_factory=dict)
+    """Answered requests by (protocol, status): the HTTP status, or for gRPC the HTTP status
+    of the same error (``status.py``), so one label reads the same for both."""
+    durations: dict[str, Histogram] = field(default_factory=dict)
+    """Every answered request's time, from arrival to answer, by protocol."""
+    queue: Histogram = field(default_factory=Histogram)
+    """Successful requests' time waiting for an execution."""
+    compute: Histogram = field(default_factory=Histogram)
+    """Successful requests' time in the model (their batch's execution)."""
+    rejections: dict[str, int] = field(default_factory=dict)
+    """Requests turned away by reason (see :func:`rejection_reason`)."""
+
+    def record(
+        self,
+        protocol: str,
+        status: int,
+        total_ns: int,
+        *,
+        error: BaseException | None = None,
+        rows: int = 0,
+        input_ns: int = 0,
+        queue_ns: int = 0,
+        infer_ns: int = 0,
+    ) -> None:
+        """One answered request: every counter it touches, in one call."""
+        key = (protocol, status)
+        self.answers[key] = self.answers.get(key, 0) + 1
+        histogram = self.durations.get(protocol)
+        if histogram is None:
+            histogram = self.durations[protocol] = Histogram()
+        histogram.add(total_ns)
+        if error is None:
+            self.record_success(
+                rows, total_ns, input_ns=input_ns, queue_ns=queue_ns, infer_ns=infer_ns
+            )
+            return
+        self.record_failure(total_ns)
+        reason = rejection_reason(error)
+        if reason is not None:
+            self.rejections[reason] = self.rejections.get(reason, 0) + 1
 
     def record_success(
         self, rows: int, total_ns: int, *, input_ns: int, queue_ns: int, infer_ns: int
@@ -85,6 +191,8 @@ class StatsWindow:
         stages["compute_infer"].add(infer_ns)
         stages["compute_output"].add(max(0, total_ns - input_ns - queue_ns - infer_ns))
         self.latency[bisect.bisect_left(_BOUNDS_NS, total_ns)] += 1
+        self.queue.add(queue_ns)
+        self.compute.add(infer_ns)
         self.last_inference_ms = time.time_ns() // 1_000_000
 
     def record_failure(self, total_ns: int) -> None:
@@ -116,6 +224,14 @@ class StatsWindow:
             self.batches.setdefault(size, Duration()).merge(duration)
         for index, count in enumerate(other.latency):
             self.latency[index] += count
+        for key, count in other.answers.items():
+            self.answers[key] = self.answers.get(key, 0) + count
+        for protocol, histogram in other.durations.items():
+            self.durations.setdefault(protocol, Histogram()).merge(histogram)
+        self.queue.merge(other.queue)
+        self.compute.merge(other.compute)
+        for reason, count in other.rejections.items():
+            self.rejections[reason] = self.rejections.get(reason, 0) + count
         return self
 
     def minus(self, earlier: StatsWindow) -> StatsWindow:
@@ -131,6 +247,49 @@ class StatsWindow:
                 if d.count != earlier.batches.get(size, Duration()).count
             },
             latency=[a - b for a, b in zip(self.latency, earlier.latency, strict=True)],
+            answers={k: n - earlier.answers.get(k, 0) for k, n in self.answers.items()},
+            durations={
+                p: h.minus(earlier.durations.get(p, Histogram())) for p, h in self.durations.items()
+            },
+            queue=self.queue.minus(earlier.queue),
+            compute=self.compute.minus(earlier.compute),
+            rejections={r: n - earlier.rejections.get(r, 0) for r, n in self.rejections.items()},
+        )
+
+    def latency_histogram(self) -> Histogram:
+        """Successful requests' latency as a :class:`Histogram`."""
+        return Histogram(list(self.latency), self.stages["success"].ns)
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-safe form (for files other processes read); :meth:`from_json` inverts it."""
+        return {
+            "inference_count": self.inference_count,
+            "execution_count": self.execution_count,
+            "last_inference_ms": self.last_inference_ms,
+            "stages": {s: [d.count, d.ns] for s, d in self.stages.items()},
+            "batches": [[size, d.count, d.ns] for size, d in self.batches.items()],
+            "latency": self.latency,
+            "answers": [[p, status, n] for (p, status), n in self.answers.items()],
+            "durations": {p: [h.counts, h.sum_ns] for p, h in self.durations.items()},
+            "queue": [self.queue.counts, self.queue.sum_ns],
+            "compute": [self.compute.counts, self.compute.sum_ns],
+            "rejections": self.rejections,
+        }
+
+    @classmethod
+    def from_json(cls, document: dict[str, Any]) -> StatsWindow:
+        return cls(
+            inference_count=document["inference_count"],
+            execution_count=document["execution_count"],
+            last_inference_ms=document["last_inference_ms"],
+            stages={s: Duration(c, ns) for s, (c, ns) in document["stages"].items()},
+            batches={size: Duration(c, ns) for size, c, ns in document["batches"]},
+            latency=list(document["latency"]),
+            answers={(p, status): n for p, status, n in document["answers"]},
+            durations={p: Histogram(list(c), ns) for p, (c, ns) in document["durations"].items()},
+            queue=Histogram(list(document["queue"][0]), document["queue"][1]),
+            compute=Histogram(list(document["compute"][0]), document["compute"][1]),
+            rejections=dict(document["rejections"]),
         )
 
     def as_v2(self, name: str, version: str) -> dict[str, Any]:
@@ -161,6 +320,11 @@ class StatsBook:
 
     def __init__(self) -> None:
         self._windows: dict[Key, StatsWindow] = {}
+        self.loads: dict[str, list[float]] = {}
+        """Seconds each session load took, by model (loads are rare: kept one by one)."""
+
+    def record_load(self, model: str, seconds: float) -> None:
+        self.loads.setdefault(model, []).append(seconds)
 
     def window(self, model: str, version: int) -> StatsWindow:
         key = (model, version)

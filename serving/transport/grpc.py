@@ -10,6 +10,7 @@ import grpc
 
 from serving.dataplane import DataPlane
 from serving.errors import ModelNotFoundError, ServingError
+from serving.observe.logs import REQUEST_ID, TRACEPARENT, Trace, current_trace
 from serving.protocol import grpc_codec
 from serving.protocol.proto import grpc_service_pb2 as pb
 from serving.protocol.proto import grpc_service_pb2_grpc as pb_grpc
@@ -78,6 +79,7 @@ def peer_host(peer: str) -> str:
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def __init__(self, dataplane: DataPlane) -> None:
         self._dataplane = dataplane
+        self._access_log = dataplane.access_log
 
     async def ServerLive(self, request: Any, context: Any) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=self._dataplane.live())
@@ -131,10 +133,21 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return pb.RepositoryModelUnloadResponse()
 
     async def ModelInfer(self, request: Any, context: Any) -> pb.ModelInferResponse:
-        target = self._dataplane.require(request.model_name, request.model_version or None)
-        infer_request = grpc_codec.decode_request(request)
-        response = await self._dataplane.infer(infer_request, target)
-        return grpc_codec.encode_response(response)
+        trace = None
+        if self._access_log.enabled or context.invocation_metadata():
+            metadata = dict(context.invocation_metadata() or ())
+            traceparent = metadata.get(TRACEPARENT)
+            if traceparent is not None or self._access_log.enabled:
+                trace = Trace.start(traceparent, metadata.get(REQUEST_ID))
+                current_trace.set(trace)
+                if traceparent is not None:
+                    context.set_trailing_metadata(((TRACEPARENT, trace.traceparent),))
+        name, version = request.model_name, request.model_version or None
+        with self._dataplane.observe("grpc", name, version, trace) as call:
+            target = call.target = self._dataplane.require(name, version)
+            infer_request = grpc_codec.decode_request(request)
+            response = await self._dataplane.infer(infer_request, call, target)
+            return grpc_codec.encode_response(response)
 
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[Any], context: Any

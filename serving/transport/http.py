@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from serving.dataplane import DataPlane
+from serving.dataplane import CLIENT_CLOSED, DataPlane
 from serving.errors import (
     ControlPlaneUnavailableError,
     InvalidInputError,
@@ -25,6 +25,7 @@ from serving.errors import (
     PayloadTooLargeError,
     ServingError,
 )
+from serving.observe.logs import REQUEST_ID, TRACEPARENT, Trace, current_trace
 from serving.protocol import rest
 from serving.status import http_status
 
@@ -34,7 +35,6 @@ JSON = "application/json"
 SERVED_BY = "Served-By"
 ADMIN_BODY_BYTES = 1024 * 1024
 """Model control and index bodies are small (a config override at most)."""
-CLIENT_CLOSED = 499  # nginx's code for "client closed request"; nobody is left to read it
 T = TypeVar("T")
 
 
@@ -132,37 +132,53 @@ def build_app(
         await dataplane.unload_model(request.path_params["model"], parameters, peer=peer(request))
         return Response(status_code=200, media_type=JSON)
 
+    access_log = dataplane.access_log
+
     async def infer(request: Request) -> Response:
         name = request.path_params["model"]
         version = request.path_params.get("version")
-        target = dataplane.require(name, version)
-        body = await _read_body(request, max_request_bytes)
-        header = request.headers.get(rest.HEADER_LENGTH)
-        header_length = None
-        if header is not None:
-            try:
-                header_length = int(header)
-            except ValueError:
-                raise InvalidInputError(
-                    f"Inference-Header-Content-Length must be an integer, got '{header}'"
-                ) from None
-        infer_request = rest.decode_request(
-            body, header_length, model_name=name, model_version=version
-        )
-        # A queued request is worth dropping when its client leaves; watching costs two tasks.
-        if target.scheduler.would_queue:
-            response = await _unless_disconnected(request, dataplane.infer(infer_request, target))
-            if response is None:
-                return Response(status_code=CLIENT_CLOSED)
-        else:
-            response = await dataplane.infer(infer_request, target)
-        payload, json_length = rest.encode_response(response, infer_request)
+        headers = request.headers
+        traceparent = headers.get(TRACEPARENT)
+        trace = None
+        if traceparent is not None or access_log.enabled:
+            trace = Trace.start(traceparent, headers.get(REQUEST_ID))
+            current_trace.set(trace)
+        with dataplane.observe("http", name, version, trace) as call:
+            target = call.target = dataplane.require(name, version)
+            body = await _read_body(request, max_request_bytes)
+            header = headers.get(rest.HEADER_LENGTH)
+            header_length = None
+            if header is not None:
+                try:
+                    header_length = int(header)
+                except ValueError:
+                    raise InvalidInputError(
+                        f"Inference-Header-Content-Length must be an integer, got '{header}'"
+                    ) from None
+            infer_request = rest.decode_request(
+                body, header_length, model_name=name, model_version=version
+            )
+            # A queued request is worth dropping when its client leaves; watching costs two
+            # tasks.
+            if target.scheduler.would_queue:
+                response = await _unless_disconnected(
+                    request, dataplane.infer(infer_request, call, target)
+                )
+                if response is None:
+                    call.status = CLIENT_CLOSED
+                    return Response(status_code=CLIENT_CLOSED)
+            else:
+                response = await dataplane.infer(infer_request, call, target)
+            payload, json_length = rest.encode_response(response, infer_request)
+        extra = dict(served)
+        if trace is not None:
+            extra[TRACEPARENT] = trace.traceparent
         if json_length is None:
-            return Response(payload, media_type=JSON, headers=served)
+            return Response(payload, media_type=JSON, headers=extra)
         return Response(
             payload,
             media_type="application/octet-stream",
-            headers={"Inference-Header-Content-Length": str(json_length), **served},
+            headers={"Inference-Header-Content-Length": str(json_length), **extra},
         )
 
     async def on_serving_error(request: Request, error: Exception) -> Response:

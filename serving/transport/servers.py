@@ -13,13 +13,20 @@ import asyncio
 import contextlib
 import logging
 import socket
+from typing import Any
 
 import uvicorn
+from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
 from serving.config import ServerConfig
 from serving.dataplane import DataPlane
+from serving.observe.node import NodeMetrics
 from serving.transport.grpc import build_grpc_server
-from serving.transport.http import build_app
+from serving.transport.http import SERVED_BY, build_app
 
 logger = logging.getLogger(__name__)
 
@@ -54,18 +61,26 @@ class Listeners:
     """A replica's HTTP and gRPC servers over one dataplane, on the caller's event loop."""
 
     def __init__(
-        self, config: ServerConfig, dataplane: DataPlane, *, served_by: str | None = None
+        self,
+        config: ServerConfig,
+        dataplane: DataPlane,
+        *,
+        served_by: str | None = None,
+        metrics: NodeMetrics | None = None,
     ) -> None:
         self.config = config
         self.dataplane = dataplane
         self._served_by = served_by
+        self._metrics = metrics
         self._uvicorn: uvicorn.Server | None = None
+        self._metrics_server: uvicorn.Server | None = None
         self._task: asyncio.Task[None] | None = None
         self._started = asyncio.Event()
         self.http_port: int | None = None
         self.grpc_port: int | None = None
+        self.metrics_port: int | None = None
 
-    def _prepare(self) -> socket.socket:
+    def _prepare(self) -> list[socket.socket]:
         http_socket = shared_socket(self.config.host, self.config.http_port)
         self.http_port = http_socket.getsockname()[1]
         app = build_app(
@@ -73,22 +88,19 @@ class Listeners:
             max_request_bytes=self.config.max_request_bytes,
             served_by=self._served_by,
         )
-        uv_config = uvicorn.Config(
-            app,
-            loop="none",
-            http="httptools",
-            lifespan="off",
-            access_log=False,
-            log_config=None,
-            timeout_keep_alive=30,
-            backlog=2048,
-        )
-        self._uvicorn = uvicorn.Server(uv_config)
-        return http_socket
+        self._uvicorn = _server(app)
+        sockets = [http_socket]
+        if self._metrics is not None and self.config.metrics_port is not None:
+            metrics_socket = shared_socket(self.config.host, self.config.metrics_port)
+            self.metrics_port = metrics_socket.getsockname()[1]
+            app = build_metrics_app(self._metrics, served_by=self._served_by)
+            self._metrics_server = _server(app)
+            sockets.append(metrics_socket)
+        return sockets
 
     async def start(self, timeout_s: float = 30.0) -> None:
         """Serve on the running loop; returns once both servers listen."""
-        self._task = asyncio.create_task(self._serve(self._prepare()))
+        self._task = asyncio.create_task(self._serve(*self._prepare()))
         self._task.add_done_callback(_log_failure)
         started = asyncio.create_task(self._started.wait())
         done, _ = await asyncio.wait(
@@ -102,13 +114,16 @@ class Listeners:
 
     async def stop(self, timeout_s: float = 10.0) -> None:
         """Stop accepting; requests in progress are answered first (at most ``timeout_s``)."""
-        if self._uvicorn is not None:
-            self._uvicorn.should_exit = True
+        for server in (self._uvicorn, self._metrics_server):
+            if server is not None:
+                server.should_exit = True
         if self._task is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._task, timeout_s)
 
-    async def _serve(self, http_socket: socket.socket) -> None:
+    async def _serve(
+        self, http_socket: socket.socket, metrics_socket: socket.socket | None = None
+    ) -> None:
         assert self._uvicorn is not None
         grpc_server = None
         if self.config.grpc_port is not None:
@@ -119,18 +134,56 @@ class Listeners:
             self.grpc_port = grpc_server.add_insecure_port(address)
             await grpc_server.start()
         task = asyncio.create_task(self._uvicorn.serve(sockets=[http_socket]))
-        while not self._uvicorn.started and not task.done():
+        metrics = self._metrics_server
+        metrics_task = None
+        if metrics is not None and metrics_socket is not None:
+            metrics_task = asyncio.create_task(metrics.serve(sockets=[metrics_socket]))
+        while not task.done() and not (
+            self._uvicorn.started and (metrics is None or metrics.started)
+        ):
             await asyncio.sleep(0.01)
         self._started.set()
         try:
             await task
         finally:
+            if metrics_task is not None:
+                assert metrics is not None
+                metrics.should_exit = True
+                with contextlib.suppress(Exception):
+                    await metrics_task
             if grpc_server is not None:
                 await grpc_server.stop(grace=2.0)
 
     @property
     def alive(self) -> bool:
         return self._task is not None and not self._task.done()
+
+
+def _server(app: Any) -> uvicorn.Server:
+    return uvicorn.Server(
+        uvicorn.Config(
+            app,
+            loop="none",
+            http="httptools",
+            lifespan="off",
+            access_log=False,
+            log_config=None,
+            timeout_keep_alive=30,
+            backlog=2048,
+        )
+    )
+
+
+def build_metrics_app(metrics: NodeMetrics, *, served_by: str | None = None) -> Starlette:
+    """``GET /metrics``: the node's Prometheus exposition (``Served-By`` says which replica
+    answered it)."""
+    headers = {SERVED_BY: served_by} if served_by else {}
+
+    async def exposition(request: Request) -> Response:
+        text = await metrics.render()
+        return Response(text, media_type=CONTENT_TYPE_LATEST, headers=headers)
+
+    return Starlette(routes=[Route("/metrics", exposition)])
 
 
 def _log_failure(task: asyncio.Task[None]) -> None:

@@ -45,6 +45,7 @@ class Server:
     repository: Path
     http_url: str
     grpc_url: str
+    metrics_url: str
 
 
 @pytest.fixture(scope="session")
@@ -76,14 +77,15 @@ def start_server(
     app: str, repository: Path, *, replicas: int = 1, **options: Any
 ) -> tuple[Server, list[socket.socket]]:
     """``app`` deployed on held ports; ``options`` are further ``ServerConfig`` fields."""
-    held = [reserve_port(), reserve_port()]
-    http_port, grpc_port = (s.getsockname()[1] for s in held)
+    held = [reserve_port(), reserve_port(), reserve_port()]
+    http_port, grpc_port, metrics_port = (s.getsockname()[1] for s in held)
     config = ServerConfig.model_validate(
         {
             "repository": repository,
             "host": "127.0.0.1",
             "http_port": http_port,
             "grpc_port": grpc_port,
+            "metrics_port": metrics_port,
             "replicas": replicas,
             "replica_cpus": 1.0,
             "max_request_bytes": MAX_REQUEST_BYTES,
@@ -92,7 +94,13 @@ def start_server(
         }
     )
     cluster.deploy(config, name=app)
-    server = Server(app, repository, f"127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}")
+    server = Server(
+        app,
+        repository,
+        f"127.0.0.1:{http_port}",
+        f"127.0.0.1:{grpc_port}",
+        f"127.0.0.1:{metrics_port}",
+    )
     wait_ready(server.http_url)
     return server, held
 

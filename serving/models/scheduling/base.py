@@ -34,6 +34,11 @@ class Scheduler(Protocol):
         worth watching for)."""
         ...
 
+    @property
+    def queued(self) -> int:
+        """Requests waiting for an execution now."""
+        ...
+
     async def run(
         self, inputs: Inputs, rows: int, names: list[str], timeout_s: float | None
     ) -> Outcome:

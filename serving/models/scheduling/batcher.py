@@ -27,6 +27,7 @@ from serving.errors import (
     ServingError,
 )
 from serving.models.scheduling.base import Execute, Inputs, OnExecution, Outcome
+from serving.observe.logs import Trace, current_trace
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +57,8 @@ class _Item:
     timeout_s: float | None
     future: asyncio.Future[Outcome]
     started: float = 0.0
+    trace: Trace | None = None
+    """The request's trace (logged with the batch it runs in)."""
 
 
 @dataclass
@@ -135,6 +138,7 @@ class Batcher:
             deadline=None if limit is None else now + limit,
             timeout_s=limit,
             future=asyncio.get_running_loop().create_future(),
+            trace=current_trace.get(),
         )
         if alone:
             return await self._run_alone(item)
@@ -246,6 +250,9 @@ class Batcher:
             live = [item for item in batch if not item.future.done()]
             if not live:
                 return
+            if logger.isEnabledFor(logging.DEBUG):
+                traces = [item.trace.trace_id for item in live if item.trace is not None]
+                logger.debug("%s: batch of %d requests, traces %s", self._name, len(live), traces)
             try:
                 results = await self._execute_batch(live)
             except Exception as error:
@@ -345,6 +352,10 @@ class BatchedScheduler:
     @property
     def would_queue(self) -> bool:
         return not self._batcher.runs_at_once
+
+    @property
+    def queued(self) -> int:
+        return self._batcher.queued
 
     async def run(
         self, inputs: Inputs, rows: int, names: list[str], timeout_s: float | None

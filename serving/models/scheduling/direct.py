@@ -17,22 +17,34 @@ class DirectScheduler:
         self._slots = asyncio.Semaphore(instances)
         self._clock = clock
         self._on_execution = on_execution
+        self._waiting = 0
 
     @property
     def would_queue(self) -> bool:
         return False
+
+    @property
+    def queued(self) -> int:
+        return self._waiting
 
     async def run(
         self, inputs: Inputs, rows: int, names: list[str], timeout_s: float | None
     ) -> Outcome:
         clock = self._clock
         queued = clock.now()
-        async with self._slots:
+        self._waiting += 1
+        try:
+            await self._slots.acquire()
+        finally:
+            self._waiting -= 1
+        try:
             began = clock.now()
             if timeout_s is not None and began - queued > timeout_s:
                 raise DeadlineExceededError(timeout_ms=timeout_s * 1000)
             outputs = await self._execute(inputs, names)
             compute = clock.now() - began
+        finally:
+            self._slots.release()
         self._on_execution(rows, compute)
         return Outcome(outputs, began - queued, compute, rows)
 
