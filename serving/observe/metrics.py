@@ -138,6 +138,12 @@ METRICS = _define(
         "serving_drift_samples", "counter",
         "Rows sampled for drift scoring.", MODEL_VERSION,
     ),
+    Definition(
+        "serving_rollout_rollbacks", "counter",
+        "Progressive rollouts of a version that were rolled back (recorded by the rollout "
+        "controller of the canary work; no samples until a rollout runs).",
+        MODEL_VERSION,
+    ),
 )  # fmt: skip
 
 
