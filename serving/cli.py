@@ -7,8 +7,9 @@ import logging
 import os
 import signal
 import threading
+import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pydantic
 import typer
@@ -237,6 +238,113 @@ def validate(
         console.print(f"[red]{problems} problem(s) found[/]")
         raise typer.Exit(1)
     console.print("[green]all models loaded and answered a sample inference[/]")
+
+
+@app.command()
+def profile(
+    repository: Path = typer.Argument(..., help="Model repository."),
+    model: str = typer.Argument(..., help="The model to profile."),
+    version: list[int] = typer.Option(
+        [], "--version", help="A version to profile (repeatable; default: those it serves)."
+    ),
+) -> None:
+    """Write each version's drift reference (MODEL/VERSION/profile.json) from the model's
+    evaluation set (MODEL/evaluation.npz)."""
+    _configure_logging("error")
+    from serving.models.loader import LoadError
+    from serving.observe.profiling import profile_model
+
+    try:
+        done = profile_model(repository / model, list(version) or None)
+    except (FileNotFoundError, ValueError, LoadError) as error:
+        console.print(f"[red]{error}[/]")
+        raise typer.Exit(1) from None
+    for profiled in done:
+        console.print(
+            f"{model} version {profiled.version}: {profiled.features} features from "
+            f"{profiled.rows} rows -> {profiled.path}"
+        )
+
+
+def _get(url: str, path: str) -> Any:
+    import httpx
+
+    try:
+        response = httpx.get(f"http://{url}{path}", timeout=15)
+    except httpx.HTTPError as error:
+        console.print(f"[red]cannot reach the server at {url}: {error}[/]")
+        raise typer.Exit(2) from None
+    if response.status_code != 200:
+        console.print(f"[red]{response.json().get('error', response.text)}[/]")
+        raise typer.Exit(1)
+    return response.json()
+
+
+@app.command()
+def drift(
+    model: str = typer.Argument(..., help="The model."),
+    version: str | None = typer.Option(None, help="One version (default: every one served)."),
+    url: str = typer.Option("localhost:8000", help="The server's HTTP address."),
+) -> None:
+    """Show drift detection for a model: its reference, what was sampled, the latest window."""
+    path = f"/v2/models/{model}" + (f"/versions/{version}" if version else "") + "/drift"
+    document = _get(url, path)
+    for row in document["versions"]:
+        console.print(render_drift(model, row))
+
+
+def render_drift(model: str, row: dict[str, Any]) -> Table:
+    latest = row["latest"]
+    verdict = "no window scored yet"
+    if latest is not None:
+        verdict = "[red]DRIFTING[/]" if latest["detected"] else "[green]no drift[/]"
+    reference = row["reference"] or (
+        f"gathering from requests ({row['gathering_rows']}/{row['reference_rows_needed']} rows)"
+    )
+    table = Table(
+        title=f"{model} version {row['version']}: {verdict}",
+        caption=f"reference: {reference}; {row['sampled_rows']} rows sampled "
+        f"({row['sample_fraction']:.0%} of requests) in {row['windows']} windows of "
+        f"{row['window_rows']}",
+    )
+    for column in ("tensor", "p-value (adjusted)", "PSI", "most moved feature", "rows"):
+        table.add_column(column)
+    for name, score in (latest or {}).get("tensors", {}).items():
+        alarm = score["p_value"] < latest["alpha"]
+        shown = f"[red]{score['p_value']:.3g}[/]" if alarm else f"{score['p_value']:.3g}"
+        table.add_row(
+            name, shown, f"{score['psi']:.3f}", str(score["worst_feature"]), str(score["rows"])
+        )
+    return table
+
+
+@app.command()
+def top(
+    url: str = typer.Option("localhost:8000", help="The server's HTTP address."),
+    interval: float = typer.Option(2.0, min=0.2, help="Seconds between refreshes."),
+    once: bool = typer.Option(False, help="Print one refresh and exit."),
+) -> None:
+    """A live view per model version: request rate, p50/p99, errors, queue, batch size,
+    drift; read from the server (every replica, added up)."""
+    from rich.live import Live
+
+    from serving.observe.top import TopView
+
+    view = TopView()
+    view.update(_get(url, "/v2/-/summary"), time.monotonic())
+    if once:
+        time.sleep(interval)
+        view.update(_get(url, "/v2/-/summary"), time.monotonic())
+        console.print(view.table())
+        return
+    with Live(view.table(), console=console, refresh_per_second=4) as live:
+        try:
+            while True:
+                time.sleep(interval)
+                view.update(_get(url, "/v2/-/summary"), time.monotonic())
+                live.update(view.table())
+        except KeyboardInterrupt:
+            pass
 
 
 @app.command("demo")

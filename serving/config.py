@@ -8,6 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 
+from serving.observe.drift import DriftSettings
 from serving.protocol.datatypes import DATATYPES
 
 Datatype = Literal[
@@ -160,6 +161,16 @@ class ServerConfig(_Frozen):
     """This server start's id (set when it deploys): names the node's metrics directory."""
     access_log: bool = False
     """Write a JSON line per inference request to the ``serving.access`` logger."""
+    drift_sample_fraction: float = Field(default=0.1, ge=0, le=1)
+    """Fraction of inference requests whose inputs and outputs are sampled for drift
+    detection; 0 turns it off."""
+    drift_window_rows: PositiveInt = 500
+    """Sampled rows per drift window."""
+    drift_alpha: float = Field(default=0.001, gt=0, lt=1)
+    """Chance that a window of undrifted traffic raises the drift alarm (family-wise)."""
+    drift_reference_rows: PositiveInt = 1000
+    """Rows of the first requests that become the reference of a version without a
+    ``profile.json``."""
     max_request_bytes: PositiveInt = 256 * 1024 * 1024
     """Largest HTTP request body accepted (after decompression)."""
     grpc_max_message_bytes: PositiveInt = 128 * 1024 * 1024
@@ -168,6 +179,15 @@ class ServerConfig(_Frozen):
     """Executions expected to take less than this (µs, from each version's running average) run
     on the event loop instead of a worker thread, whose hand-over costs about as much. 0: always
     use worker threads."""
+
+    def drift_settings(self) -> DriftSettings:
+        return DriftSettings(
+            sample_fraction=self.drift_sample_fraction,
+            window_rows=self.drift_window_rows,
+            alpha=self.drift_alpha,
+            reference_rows=self.drift_reference_rows,
+            min_window_rows=min(100, self.drift_window_rows),
+        )
 
     @property
     def cpus(self) -> float:

@@ -306,6 +306,8 @@ class DataPlane:
         call.rows = rows
         call.queue_ns = _ns(outcome.queue_s)
         call.infer_ns = _ns(outcome.compute_s)
+        if target.drift is not None:
+            target.drift.offer(feed, names, outcome.outputs)
         types = signature.output_types
         outputs = [Tensor(n, types[n], a) for n, a in zip(names, outcome.outputs, strict=True)]
         return InferenceResponse(
@@ -344,6 +346,28 @@ class DataPlane:
                 totals.get(key, StatsWindow()).as_v2(key[0], str(key[1])) for key in keys
             ]
         }
+
+    async def summary(self) -> dict[str, Any]:
+        """Every served version's statistics, latency histogram, load and drift, added up over
+        the application (``serving top``)."""
+        summary: dict[str, Any] = await self._ask("the summary", self._control.summary())
+        return summary
+
+    async def drift(self, name: str, version: str | None) -> dict[str, Any]:
+        """Drift detection's state for a model's versions (or one of them): where its reference
+        came from, how much was sampled, the latest window's scores."""
+        number = parse_version(version)
+        entry = self.registry.entry(name)
+        if number is not None:
+            self.registry.resolve(name, number)
+        wanted = {str(number)} if number is not None else {str(v) for v in entry.versions}
+        summary = await self.summary()
+        versions = [
+            row["drift"]
+            for row in summary["versions"]
+            if row["model"] == name and row["version"] in wanted
+        ]
+        return {"name": name, "versions": versions}
 
     async def repository_index(self, ready_only: bool = False) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = await self._ask(

@@ -2,7 +2,8 @@
 
 ``digits``: scikit-learn's bundled 8x8 digits; version 1 a linear model, version 2 a small MLP,
 exported to ONNX by hand (input: raw pixels 0-16, outputs: probabilities and label). A held-out
-evaluation set is stored beside them as ``digits/evaluation.npz``.
+evaluation set is stored beside them as ``digits/evaluation.npz``, and each version's drift
+reference profile, computed from it, as ``digits/VERSION/profile.json``.
 ``add_sub``: two FP32 inputs, their sum and difference.
 ``identity_<type>``: one per v2 datatype, returning its input unchanged.
 """
@@ -21,7 +22,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 OPSET = 17
 IR_VERSION = 8
-DEMO_VERSION = "1"
+DEMO_VERSION = "2"
 """Bump when the generated models change, so cached copies are rebuilt."""
 
 ONNX_TYPES = {
@@ -159,6 +160,9 @@ def build(repository: Path) -> Path:
         "inputs": [{"name": "input", "datatype": "FP32", "dims": [64]}],
         "labels": {"task": "8x8 digit classification", "dataset": "sklearn.datasets.load_digits"},
     })  # fmt: skip
+    from serving.observe.profiling import profile_model
+
+    profile_model(digits)  # drift references from the evaluation set: digits/*/profile.json
     _save(add_sub_onnx(), repository / "add_sub" / "1" / "model.onnx")
     _write_config(repository / "add_sub", {"max_batch_size": 8})
     for datatype in ONNX_TYPES:

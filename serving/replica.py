@@ -20,6 +20,7 @@ from serving.models.registry import Registry
 from serving.models.runtimes.base import Runtime
 from serving.observe.logs import AccessLog
 from serving.observe.node import NodeMetrics, ReplicaSnapshot, metrics_directory
+from serving.observe.stats import StatsBook
 from serving.transport.servers import Listeners
 
 logger = logging.getLogger(__name__)
@@ -78,6 +79,7 @@ class Replica:
             workers=Workers(executor, config.inline_below_us / 1e6),
             clock=clock,
             instances=config.instances,
+            book=StatsBook(config.drift_settings()),
         )
         self.name = replica
         self.follower = Follower(channel, self.registry, replica=replica, node=node)
@@ -94,6 +96,7 @@ class Replica:
                 metrics_directory(config.metrics_port, config.run or f"pid{os.getpid()}"),
                 self.snapshot,
                 triton_aliases=config.metrics_triton,
+                drift=lambda: self.follower.drift,
             )
         self.listeners = Listeners(
             config, self.dataplane, served_by=served_by, metrics=self.metrics
@@ -102,15 +105,15 @@ class Replica:
     def snapshot(self) -> ReplicaSnapshot:
         """This replica's counters (copies) and gauges, for its node's metrics."""
         registry = self.registry
-        versions = [(e.name, v) for e in registry.entries for v in e.versions.values()]
+        versions = registry.served()
         return ReplicaSnapshot(
             pid=os.getpid(),
             replica=self.name,
             ready=self.dataplane.ready(),
             windows=registry.book.snapshot(),
-            in_flight={(m, v.version): v.in_flight for m, v in versions},
-            queued={(m, v.version): v.scheduler.queued for m, v in versions},
-            loaded=[(m, v.version) for m, v in versions],
+            in_flight={(v.model, v.version): v.in_flight for v in versions},
+            queued={(v.model, v.version): v.scheduler.queued for v in versions},
+            loaded=[(v.model, v.version) for v in versions],
             loads={model: list(seconds) for model, seconds in registry.book.loads.items()},
         )
 

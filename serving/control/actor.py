@@ -119,6 +119,9 @@ class ControllerActor:
     async def statistics(self) -> dict[Key, StatsWindow]:
         return await (await self._started()).statistics()
 
+    async def summary(self) -> dict[str, Any]:
+        return await (await self._started()).summary()
+
     async def timings(self) -> dict[int, tuple[float, dict[str, float]]]:
         return (await self._started()).timings()
 
@@ -202,3 +205,7 @@ class RayChannel:
     async def statistics(self) -> dict[Key, StatsWindow]:
         totals: dict[Key, StatsWindow] = await self._call("statistics")
         return totals
+
+    async def summary(self) -> dict[str, Any]:
+        summary: dict[str, Any] = await self._call("summary")
+        return summary

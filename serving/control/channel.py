@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from serving.models.spec import DesiredState
+from serving.observe.drift import Counts, Profile, Raw
+from serving.observe.metrics import DriftGauge
 from serving.observe.stats import Key, StatsWindow
 
 if TYPE_CHECKING:
@@ -35,6 +37,14 @@ class ReplicaReport:
     """Its cumulative windows, taken when the poll was sent."""
     failures: dict[Key, tuple[str, str]] = field(default_factory=dict)
     """Versions of the applied revision it could not load: (sha256, reason)."""
+    gauges: dict[Key, tuple[int, int]] = field(default_factory=dict)
+    """Per version it serves: requests in flight, requests queued."""
+    drift: dict[Key, Counts] = field(default_factory=dict)
+    """Cumulative drift bin counts of the versions it holds a profile for."""
+    drift_rows: dict[Key, Raw] = field(default_factory=dict)
+    """Rows sampled since its last report, of versions without a profile."""
+    profiled: frozenset[Key] = frozenset()
+    """Versions it holds a drift profile for."""
 
 
 @dataclass(frozen=True)
@@ -43,6 +53,10 @@ class PollAnswer:
     """A revision newer than the replica knows, or None."""
     flush: int
     """The newest statistics flush request: report again at once if it is newer than yours."""
+    profiles: dict[Key, Profile | None] = field(default_factory=dict)
+    """Drift profiles to take (or, None, to drop)."""
+    drift: list[DriftGauge] = field(default_factory=list)
+    """The latest drift scores, for the replica's metrics."""
 
 
 class ControlChannel(Protocol):
@@ -57,6 +71,8 @@ class ControlChannel(Protocol):
     async def index(self, ready_only: bool) -> list[dict[str, Any]]: ...
 
     async def statistics(self) -> dict[Key, StatsWindow]: ...
+
+    async def summary(self) -> dict[str, Any]: ...
 
 
 class LocalChannel:
@@ -82,3 +98,6 @@ class LocalChannel:
 
     async def statistics(self) -> dict[Key, StatsWindow]:
         return await self.controller.statistics()
+
+    async def summary(self) -> dict[str, Any]:
+        return await self.controller.summary()

@@ -61,6 +61,7 @@ def control_settings(config: ServerConfig) -> ControlSettings:
         load_models=config.load_models,
         poll_s=config.repository_poll_s,
         resume=config.resume,
+        drift=config.drift_settings(),
     )
 
 

@@ -19,19 +19,21 @@ import contextlib
 import dataclasses
 import logging
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from serving.clock import MONOTONIC, Clock
 from serving.config import ModelControlMode
 from serving.control.channel import PollAnswer, ReplicaReport
+from serving.control.drift import DriftBook
 from serving.control.index import repository_index
 from serving.control.store import STATE_FORMAT, Store
 from serving.errors import ModelControlDisabledError, ModelLoadError, ModelNotFoundError
 from serving.models.repository import Hashes, model_directories, plan_model
 from serving.models.spec import DesiredState, ModelSpec, VersionSpec
-from serving.observe.stats import Key, StatsWindow
+from serving.observe.drift import DriftSettings
+from serving.observe.stats import LATENCY_BUCKETS_S, Key, StatsWindow
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +53,7 @@ class ControlSettings:
     load_models: tuple[str, ...] = ()
     poll_s: float = 15.0
     resume: bool = True
+    drift: DriftSettings = field(default_factory=DriftSettings)
 
 
 @dataclass
@@ -96,6 +99,7 @@ class Controller:
         self._timings: OrderedDict[int, tuple[float, dict[str, float]]] = OrderedDict()
         self._poller: asyncio.Task[None] | None = None
         self._gathering_until = 0.0
+        self.drift = DriftBook(settings.repository, settings.drift)
 
     # -- start ---------------------------------------------------------------------------------
 
@@ -397,17 +401,31 @@ class Controller:
         else:
             self._replicas[report.replica] = _Seen(report, now)
             self._note_applied(report, previous.report.applied if previous else None, now)
+            self.drift.observe(report.replica, report.drift, report.drift_rows, set(report.gauges))
+            self.drift.score(now, self._served_versions())
         self._wake()
         deadline = now + timeout_s
         while True:
             if self.state.revision > report.known:
-                return PollAnswer(self.state, self._flush)
+                return self._answer(report, self.state)
             if self._flush > report.flushed:
-                return PollAnswer(None, self._flush)
+                return self._answer(report, None)
             remaining = deadline - self._clock.now()
             if remaining <= 0:
-                return PollAnswer(None, self._flush)
+                return self._answer(report, None)
             await self._clock.wait(self._tick, remaining)
+
+    def _answer(self, report: ReplicaReport, state: DesiredState | None) -> PollAnswer:
+        versions = self._served_versions()
+        return PollAnswer(
+            state,
+            self._flush,
+            profiles=self.drift.answer(report.profiled, set(report.gauges)),
+            drift=self.drift.gauges(versions),
+        )
+
+    def _served_versions(self) -> set[Key]:
+        return {(m.name, v.version) for m in self.state.models.values() for v in m.versions}
 
     def _note_applied(self, report: ReplicaReport, before: int | None, now: float) -> None:
         """Record when ``report.replica`` was first heard to have applied each revision."""
@@ -457,6 +475,35 @@ class Controller:
             for key, window in windows.items():
                 totals.setdefault(key, StatsWindow()).add(window)
         return totals
+
+    async def summary(self) -> dict[str, Any]:
+        """Per served version: the application's statistics (fresh), requests in flight and
+        queued on every replica, and drift; what ``serving top`` and ``serving drift`` show."""
+        totals = await self.statistics()
+        gauges: dict[Key, list[int]] = {}
+        for seen in self._live():
+            for key, (in_flight, queued) in seen.report.gauges.items():
+                pair = gauges.setdefault(key, [0, 0])
+                pair[0] += in_flight
+                pair[1] += queued
+        rows = []
+        for key in sorted(self._served_versions()):
+            window = totals.get(key, StatsWindow())
+            in_flight, queued = gauges.get(key, [0, 0])
+            rows.append(
+                {
+                    "model": key[0],
+                    "version": str(key[1]),
+                    "statistics": window.as_v2(key[0], str(key[1])),
+                    "latency_bounds_s": list(LATENCY_BUCKETS_S),
+                    "latency_counts": list(window.latency),
+                    "in_flight": in_flight,
+                    "queued": queued,
+                    "replicas": sum(1 for s in self._live() if key in s.report.gauges),
+                    "drift": self.drift.status(key),
+                }
+            )
+        return {"versions": rows}
 
     def timings(self) -> dict[int, tuple[float, dict[str, float]]]:
         """Revision → (when committed, {replica: when its report of applying it arrived}), on

@@ -13,9 +13,10 @@ import asyncio
 import contextlib
 import logging
 
-from serving.control.channel import ControlChannel, ReplicaReport
+from serving.control.channel import ControlChannel, PollAnswer, ReplicaReport
 from serving.models.registry import Registry
 from serving.models.spec import DesiredState
+from serving.observe.metrics import DriftGauge
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +46,8 @@ class Follower:
         self._desired: DesiredState | None = None
         self._wanted = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self.drift: list[DriftGauge] = []
+        """The latest drift scores the controller sent (for this replica's metrics)."""
 
     async def converge(self, timeout_s: float = 600.0) -> None:
         """Apply the controller's current revision, and any that follows while applying; for a
@@ -77,6 +80,22 @@ class Follower:
 
     def report(self) -> ReplicaReport:
         self._reports += 1
+        registry = self._registry
+        gauges = {
+            (v.model, v.version): (v.in_flight, v.scheduler.queued) for v in registry.served()
+        }
+        drift, rows, profiled = {}, {}, set()
+        for key, sampler in registry.book.samplers.items():
+            if key not in gauges:
+                continue
+            gathered = sampler.collect()
+            if gathered:
+                rows[key] = gathered
+            if sampler.profile is not None:
+                profiled.add(key)
+                drift[key] = {
+                    name: [c.copy() for c in parts] for name, parts in sampler.counts.items()
+                }
         return ReplicaReport(
             replica=self._replica,
             node=self._node,
@@ -86,6 +105,10 @@ class Follower:
             flushed=self._flushed,
             stats=self._registry.book.snapshot(),
             failures=dict(self._registry.failures),
+            gauges=gauges,
+            drift=drift,
+            drift_rows=rows,
+            profiled=frozenset(profiled),
         )
 
     async def _report_now(self) -> None:
@@ -110,6 +133,15 @@ class Follower:
             if answer.flush > flushing:
                 # The next poll, sent at once, carries counters taken after the request.
                 self._flushed = answer.flush
+            self._take_drift(answer)
+
+    def _take_drift(self, answer: PollAnswer) -> None:
+        samplers = self._registry.book.samplers
+        for key, profile in answer.profiles.items():
+            sampler = samplers.get(key)
+            if sampler is not None:
+                sampler.set_profile(profile)
+        self.drift = answer.drift
 
     async def _apply(self) -> None:
         while True:

@@ -101,6 +101,10 @@ class Registry:
         except KeyError:
             raise ModelNotFoundError(model=name, known=sorted(self._models)) from None
 
+    def served(self) -> list[ModelVersion]:
+        """Every ready version."""
+        return [v for e in self.entries for v in e.versions.values()]
+
     def resolve(self, name: str, version: int | None) -> ModelVersion:
         """The version to serve: the one asked for, else the model's highest ready version."""
         entry = self.entry(name)
@@ -197,6 +201,9 @@ class Registry:
             workers=self._workers,
             clock=self._clock,
             stats=self.book.window(spec.name, wanted.version),
+            drift=self.book.sampler(
+                spec.name, wanted.version, batched=loaded.signature.max_batch_size > 0
+            ),
             execution=reused.execution if reused is not None else None,
             instances=self._instances(spec.config),
         )

@@ -15,6 +15,7 @@ from serving.config import ModelConfig
 from serving.models.execution import Execution, Workers
 from serving.models.loader import Loaded
 from serving.models.scheduling import Scheduler, make_scheduler
+from serving.observe.drift import DriftSampler
 from serving.observe.stats import StatsWindow
 
 logger = logging.getLogger(__name__)
@@ -31,6 +32,7 @@ class ModelVersion:
         workers: Workers,
         clock: Clock,
         stats: StatsWindow,
+        drift: DriftSampler | None = None,
         execution: Execution | None = None,
         instances: int = 1,
     ) -> None:
@@ -41,6 +43,8 @@ class ModelVersion:
         self.signature = loaded.signature
         self.runtime = loaded.runtime
         self.stats = stats
+        self.drift = drift
+        """Samples requests for drift detection; None: not sampled."""
         self.execution = execution or Execution()
         self.instances = instances
         """Executions that may run at once."""

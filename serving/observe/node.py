@@ -127,6 +127,7 @@ class NodeMetrics:
         snapshot: Callable[[], ReplicaSnapshot],
         *,
         triton_aliases: bool = False,
+        drift: Callable[[], list[DriftGauge]] = list,
         flush_s: float = FLUSH_S,
     ) -> None:
         self.directory = directory
@@ -136,7 +137,7 @@ class NodeMetrics:
         self._written = b""
         self._path: Path | None = None
         self._task: asyncio.Task[None] | None = None
-        self.drift: list[DriftGauge] = []
+        self._drift = drift
         """The latest drift scores the controller gave (cluster-wide, the same on every node)."""
 
     def start(self) -> None:
@@ -195,7 +196,7 @@ class NodeMetrics:
         """The node's exposition: this replica's live state (taken on the event loop) and its
         siblings' files (read, with the text rendered, off it)."""
         own = self._snapshot()
-        drift = list(self.drift)
+        drift = list(self._drift())
         return await asyncio.to_thread(self._render, own, drift)
 
     def _render(self, own: ReplicaSnapshot, drift: list[DriftGauge]) -> bytes:

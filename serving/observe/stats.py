@@ -23,6 +23,7 @@ from serving.errors import (
     OverloadedError,
     PayloadTooLargeError,
 )
+from serving.observe.drift import DriftSampler, DriftSettings
 
 LATENCY_BUCKETS_S: tuple[float, ...] = (
     0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.005, 0.0075,
@@ -316,10 +317,13 @@ def merge(windows: list[StatsWindow]) -> StatsWindow:
 
 
 class StatsBook:
-    """A replica's cumulative windows, one per model version, kept across reloads and swaps."""
+    """A replica's cumulative windows and drift samplers, one per model version, kept across
+    reloads and swaps."""
 
-    def __init__(self) -> None:
+    def __init__(self, drift: DriftSettings | None = None) -> None:
         self._windows: dict[Key, StatsWindow] = {}
+        self._drift = drift or DriftSettings()
+        self.samplers: dict[Key, DriftSampler] = {}
         self.loads: dict[str, list[float]] = {}
         """Seconds each session load took, by model (loads are rare: kept one by one)."""
 
@@ -332,6 +336,13 @@ class StatsBook:
         if window is None:
             window = self._windows[key] = StatsWindow()
         return window
+
+    def sampler(self, model: str, version: int, *, batched: bool) -> DriftSampler:
+        key = (model, version)
+        sampler = self.samplers.get(key)
+        if sampler is None:
+            sampler = self.samplers[key] = DriftSampler(self._drift, batched=batched)
+        return sampler
 
     def snapshot(self) -> dict[Key, StatsWindow]:
         """Copies of every window, safe to send elsewhere."""

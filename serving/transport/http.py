@@ -110,6 +110,13 @@ def build_app(
         params = request.path_params
         return _json(await dataplane.statistics(params.get("model"), params.get("version")))
 
+    async def summary(request: Request) -> Response:
+        return _json(await dataplane.summary())
+
+    async def drift(request: Request) -> Response:
+        params = request.path_params
+        return _json(await dataplane.drift(params["model"], params.get("version")))
+
     async def repository_index(request: Request) -> Response:
         document = _optional_json(await _read_body(request, ADMIN_BODY_BYTES), "repository index")
         ready_only = document.get("ready", False)
@@ -206,6 +213,7 @@ def build_app(
         Route("/-/healthz", healthz),
         Route("/v2", server_metadata),
         Route("/v2/models/stats", statistics),
+        Route("/v2/-/summary", summary),
         Route("/v2/repository/index", repository_index, methods=["POST"]),
         Route(repository + "/load", load, methods=["POST"]),
         Route(repository + "/unload", unload, methods=["POST"]),
@@ -216,6 +224,7 @@ def build_app(
             Route(prefix + "/ready", model_ready),
             Route(prefix + "/config", model_config),
             Route(prefix + "/stats", statistics),
+            Route(prefix + "/drift", drift),
         ]
     return Starlette(
         routes=routes,

@@ -39,7 +39,10 @@ class Prometheus:
 
     def __enter__(self) -> Prometheus:
         config = {
-            "global": {"scrape_interval": f"{SCRAPE_S}s", "evaluation_interval": "1s"},
+            "global": {
+                "scrape_interval": f"{round(SCRAPE_S * 1000)}ms",
+                "evaluation_interval": "1s",
+            },
             "rule_files": [str(RULES)],
             "scrape_configs": [
                 {"job_name": "serving", "static_configs": [{"targets": self._targets}]}
