@@ -7,6 +7,8 @@
     python -m benchmarks batching                    # dynamic batching on and off
     python -m benchmarks latency                     # digits per protocol vs ORT
     python -m benchmarks memory                      # memory of `serving serve`
+    python -m benchmarks observe                     # metrics and drift sampling on vs off
+    python -m benchmarks drift                       # rows needed to catch a shift of d sd
 
 Every command writes ``benchmarks/results/<name>.json`` (with commit, CPU, cores, library
 versions and parameters) and ``<name>.md`` (``suite`` adds plots), and prints the tables.
@@ -18,7 +20,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from benchmarks import batching, control, defaults, latency, memory, suite
+from benchmarks import batching, control, defaults, drift, latency, memory, observe, suite
 
 RESULTS = Path(__file__).parent / "results"
 COMMANDS = {
@@ -28,6 +30,8 @@ COMMANDS = {
     "batching": batching,
     "latency": latency,
     "memory": memory,
+    "observe": observe,
+    "drift": drift,
 }
 
 

@@ -67,6 +67,13 @@ def serve(
     metrics_triton: bool = typer.Option(
         False, "--metrics-triton", help="Also expose Triton's metric names (nv_inference_*)."
     ),
+    drift_sample_fraction: float = typer.Option(
+        0.1,
+        "--drift-sample-fraction",
+        min=0.0,
+        max=1.0,
+        help="Fraction of requests sampled for drift detection (0: off).",
+    ),
     access_log: bool = typer.Option(
         False, "--access-log", help="Log every inference request as one JSON line."
     ),
@@ -125,6 +132,7 @@ def serve(
             metrics_port=None if no_metrics else metrics_port,
             metrics_triton=metrics_triton,
             access_log=access_log,
+            drift_sample_fraction=drift_sample_fraction,
             replicas=replicas,
             replica_cpus=replica_cpus,
             replica_resources=_resources(replica_resource),

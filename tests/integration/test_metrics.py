@@ -5,8 +5,10 @@ scrape, whichever replica answers it, reports the node's exact counts; the expos
 from __future__ import annotations
 
 import collections
+import os
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -210,3 +212,26 @@ def test_a_real_prometheus_scrapes_it_and_answers_promql(metered: Server, tmp_pa
         assert {"ServingLatencyP99High", "ServingErrorRateHigh", "ServingNoReadyReplicas",
                 "ServingInputDrift", "ServingRolloutRolledBack"} <= alerts  # fmt: skip
         assert all(rule["health"] == "ok" for g in rules for rule in g["rules"])
+
+
+def test_serving_top_shows_every_replica_added_up(metered: Server) -> None:
+    before = httpx.get(f"http://{metered.http_url}/v2/-/summary", timeout=15).json()
+    http = httpclient.InferenceServerClient(metered.http_url)
+    for n in range(10):
+        http.infer("add_sub", add_sub_inputs(httpclient, n))
+    summary = httpx.get(f"http://{metered.http_url}/v2/-/summary", timeout=15).json()
+    (row,) = [v for v in summary["versions"] if (v["model"], v["version"]) == ("add_sub", "1")]
+    (old,) = [v for v in before["versions"] if (v["model"], v["version"]) == ("add_sub", "1")]
+    ok = row["statistics"]["inference_stats"]["success"]["count"]
+    assert ok - old["statistics"]["inference_stats"]["success"]["count"] == 10
+    assert sum(row["latency_counts"]) - sum(old["latency_counts"]) == 10
+    assert row["replicas"] == 2 and row["in_flight"] == 0
+    shown = subprocess.run(
+        [sys.executable, "-m", "serving.cli", "top", "--once", "--interval", "0.5",
+         "--url", metered.http_url],
+        capture_output=True, text=True, timeout=60, env=dict(os.environ, COLUMNS="200"),
+    )  # fmt: skip
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    cells = [[c.strip() for c in x.split("│")] for x in shown.stdout.splitlines()]
+    (line,) = [c for c in cells if len(c) > 11 and c[1:3] == ["add_sub", "1"]]
+    assert line[10] == "2", shown.stdout  # replicas
