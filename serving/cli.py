@@ -207,6 +207,7 @@ def validate(
     from serving.models.loader import LoadError, load_version
     from serving.models.repository import scan, sha256_of
     from serving.models.runtimes.onnx import ONNXRuntime, SessionOptions
+    from serving.observe.drift import PROFILE_FILE
 
     options = SessionOptions()
     try:
@@ -215,13 +216,13 @@ def validate(
         console.print(f"[red]{error}[/]")
         raise typer.Exit(2) from None
     table = Table(title=f"Model repository {repository}")
-    for column in ("model", "version", "state", "sha256", "problem"):
+    for column in ("model", "version", "state", "sha256", "drift reference", "problem"):
         table.add_column(column)
     problems = 0
     for source in sources:
         if source.error:
             problems += 1
-            table.add_row(source.name, "-", "[red]UNAVAILABLE[/]", "", source.error)
+            table.add_row(source.name, "-", "[red]UNAVAILABLE[/]", "", "", source.error)
         for found in source.versions:
             shown = str(found.path.relative_to(repository))
             sha = sha256_of(found.path)[:12] if found.path.is_file() else ""
@@ -240,7 +241,9 @@ def validate(
             else:
                 loaded.runtime.close()
                 state, reason = "[green]READY[/]", ""
-            table.add_row(source.name, str(found.version), state, sha, reason)
+            profiled = (found.path.parent / PROFILE_FILE).is_file()
+            reference = PROFILE_FILE if profiled else "first requests (see serving profile)"
+            table.add_row(source.name, str(found.version), state, sha, reference, reason)
     console.print(table)
     if problems:
         console.print(f"[red]{problems} problem(s) found[/]")

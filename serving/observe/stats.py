@@ -34,6 +34,8 @@ LATENCY_BUCKETS_S: tuple[float, ...] = (
 10 s; one more bucket counts everything slower."""
 
 _BOUNDS_NS = tuple(round(b * 1e9) for b in LATENCY_BUCKETS_S)
+FOLD_AT = 1024
+"""Recorded requests a window holds before it adds them to its counters by itself."""
 
 Key = tuple[str, int]
 """(model, version)."""
@@ -151,6 +153,8 @@ class StatsWindow:
     """Successful requests' time in the model (their batch's execution)."""
     rejections: dict[str, int] = field(default_factory=dict)
     """Requests turned away by reason (see :func:`rejection_reason`)."""
+    pending: list[tuple[Any, ...]] = field(default_factory=list, compare=False, repr=False)
+    """Requests recorded but not yet added to the counters (see :meth:`record`)."""
 
     def record(
         self,
@@ -164,25 +168,50 @@ class StatsWindow:
         queue_ns: int = 0,
         infer_ns: int = 0,
     ) -> None:
-        """One answered request: every counter it touches, in one call."""
-        key = (protocol, status)
-        self.answers[key] = self.answers.get(key, 0) + 1
-        histogram = self.durations.get(protocol)
-        if histogram is None:
-            histogram = self.durations[protocol] = Histogram()
-        histogram.add(total_ns)
-        if error is None:
-            self.record_success(
-                rows, total_ns, input_ns=input_ns, queue_ns=queue_ns, infer_ns=infer_ns
-            )
-            return
-        self.record_failure(total_ns)
-        reason = rejection_reason(error)
-        if reason is not None:
-            self.rejections[reason] = self.rejections.get(reason, 0) + 1
+        """One answered request: every counter it touches, in one call.
+
+        The request path only appends the request's figures; they are added to the counters
+        (:meth:`fold`) by whatever reads the window next, or every ``FOLD_AT`` requests. Adding
+        them in a batch, with the window's dozens of objects in the CPU's cache, cost ~1.2 µs a
+        request; one by one, between requests that evict them, ~4 µs."""
+        reason = None if error is None else (rejection_reason(error) or "")
+        self.pending.append(
+            (protocol, status, total_ns, reason, rows, input_ns, queue_ns, infer_ns, time.time_ns())
+        )
+        if len(self.pending) >= FOLD_AT:
+            self.fold()
+
+    def fold(self) -> StatsWindow:
+        """Add the requests recorded since the last fold to the counters; returns the window."""
+        pending = self.pending
+        if not pending:
+            return self
+        self.pending = []
+        answers, durations, rejections = self.answers, self.durations, self.rejections
+        for protocol, status, total_ns, reason, rows, input_ns, queue_ns, infer_ns, at in pending:
+            key = (protocol, status)
+            answers[key] = answers.get(key, 0) + 1
+            histogram = durations.get(protocol)
+            if histogram is None:
+                histogram = durations[protocol] = Histogram()
+            histogram.add(total_ns)
+            if reason is None:
+                self._success(rows, total_ns, input_ns, queue_ns, infer_ns)
+                self.last_inference_ms = max(self.last_inference_ms, at // 1_000_000)
+                continue
+            self.record_failure(total_ns)
+            if reason:
+                rejections[reason] = rejections.get(reason, 0) + 1
+        return self
 
     def record_success(
         self, rows: int, total_ns: int, *, input_ns: int, queue_ns: int, infer_ns: int
+    ) -> None:
+        self._success(rows, total_ns, input_ns, queue_ns, infer_ns)
+        self.last_inference_ms = time.time_ns() // 1_000_000
+
+    def _success(
+        self, rows: int, total_ns: int, input_ns: int, queue_ns: int, infer_ns: int
     ) -> None:
         stages = self.stages
         self.inference_count += rows
@@ -194,7 +223,6 @@ class StatsWindow:
         self.latency[bisect.bisect_left(_BOUNDS_NS, total_ns)] += 1
         self.queue.add(queue_ns)
         self.compute.add(infer_ns)
-        self.last_inference_ms = time.time_ns() // 1_000_000
 
     def record_failure(self, total_ns: int) -> None:
         self.stages["fail"].add(total_ns)
@@ -209,6 +237,7 @@ class StatsWindow:
     @property
     def requests(self) -> int:
         """Requests answered, successfully or not."""
+        self.fold()
         return self.stages["success"].count + self.stages["fail"].count
 
     def copy(self) -> StatsWindow:
@@ -216,6 +245,8 @@ class StatsWindow:
 
     def add(self, other: StatsWindow) -> StatsWindow:
         """Add ``other`` into this window; returns it."""
+        self.fold()
+        other.fold()
         self.inference_count += other.inference_count
         self.execution_count += other.execution_count
         self.last_inference_ms = max(self.last_inference_ms, other.last_inference_ms)
@@ -237,6 +268,8 @@ class StatsWindow:
 
     def minus(self, earlier: StatsWindow) -> StatsWindow:
         """What happened between ``earlier`` (a snapshot of the same counters) and this one."""
+        self.fold()
+        earlier.fold()
         return StatsWindow(
             inference_count=self.inference_count - earlier.inference_count,
             execution_count=self.execution_count - earlier.execution_count,
@@ -259,10 +292,12 @@ class StatsWindow:
 
     def latency_histogram(self) -> Histogram:
         """Successful requests' latency as a :class:`Histogram`."""
+        self.fold()
         return Histogram(list(self.latency), self.stages["success"].ns)
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-safe form (for files other processes read); :meth:`from_json` inverts it."""
+        self.fold()
         return {
             "inference_count": self.inference_count,
             "execution_count": self.execution_count,
@@ -295,6 +330,7 @@ class StatsWindow:
 
     def as_v2(self, name: str, version: str) -> dict[str, Any]:
         """The v2 statistics extension's document for this window."""
+        self.fold()
         return {
             "name": name,
             "version": version,

@@ -43,10 +43,14 @@ def recorded(successes: int, failures: int = 0, protocol: str = "http") -> Stats
 
     for _ in range(failures):
         window.record(protocol, 503, 1_000, error=OverloadedError(queued=1, max_queued=1))
-    return window
+    return window.fold()
 
 
 def test_one_record_counts_the_answer_its_time_and_why_it_was_refused() -> None:
+    lazy = StatsWindow()
+    lazy.record("grpc", 200, 1_000, rows=1)
+    assert lazy.answers == {} and lazy.requests == 1  # any read adds what was recorded
+    assert lazy.answers == {("grpc", 200): 1} and lazy.last_inference_ms > 0
     window = recorded(3, failures=2)
     assert window.answers == {("http", 200): 3, ("http", 503): 2}
     assert window.durations["http"].count == 5
