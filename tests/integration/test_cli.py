@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import queue
 import shutil
@@ -49,6 +50,29 @@ def test_validate_fails_on_a_corrupt_model(demo_repository: Path, tmp_path: Path
     assert "1 problem(s) found" in result.stdout
 
 
+def test_profile_writes_each_versions_drift_reference(
+    demo_repository: Path, tmp_path: Path
+) -> None:
+    repo = tmp_path / "repo"
+    shutil.copytree(demo_repository / "digits", repo / "digits")
+    for stale in (repo / "digits").glob("*/profile.json"):
+        stale.unlink()
+    command = [sys.executable, "-m", "serving.cli", "profile", str(repo), "digits"]
+    env = {"COLUMNS": "200", "PATH": "/usr/bin:/bin"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    for version in ("1", "2"):
+        document = json.loads((repo / "digits" / version / "profile.json").read_text())
+        assert set(document["tensors"]) == {"input", "probabilities", "label"}
+        assert document["source"].startswith("evaluation set")
+    assert "75 features" in result.stdout  # 64 pixels, 10 probabilities, the label
+    validated = run_validate(repo)
+    assert validated.returncode == 0 and "profile.json" in validated.stdout
+    (repo / "digits" / "evaluation.npz").unlink()
+    missing = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
+    assert missing.returncode == 1 and "no evaluation set" in missing.stdout
+
+
 def test_validate_rejects_a_missing_repository(tmp_path: Path) -> None:
     result = run_validate(tmp_path / "nowhere")
     assert result.returncode == 2
@@ -57,12 +81,13 @@ def test_validate_rejects_a_missing_repository(tmp_path: Path) -> None:
 
 def test_serve_answers_both_protocols_and_stops_on_ctrl_c(tmp_path: Path) -> None:
     """The Quickstart's first command, from a cold demo cache, with its own embedded Ray."""
-    held = [reserve_port(), reserve_port()]
-    http_port, grpc_port = (s.getsockname()[1] for s in held)
+    held = [reserve_port(), reserve_port(), reserve_port()]
+    http_port, grpc_port, metrics_port = (s.getsockname()[1] for s in held)
     env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "cache"), RAY_ADDRESS="")
     process = subprocess.Popen(
         [sys.executable, "-m", "serving.cli", "serve", "--host", "127.0.0.1",
-         "--http-port", str(http_port), "--grpc-port", str(grpc_port)],
+         "--http-port", str(http_port), "--grpc-port", str(grpc_port),
+         "--metrics-port", str(metrics_port)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
     )  # fmt: skip
     lines: queue.Queue[str] = queue.Queue()
@@ -82,6 +107,8 @@ def test_serve_answers_both_protocols_and_stops_on_ctrl_c(tmp_path: Path) -> Non
         assert ready.status_code == 200
         assert grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}").is_model_ready("digits")
         assert (tmp_path / "cache" / "serving").is_dir()
+        metrics = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5)
+        assert metrics.status_code == 200 and "serving_replicas_ready 1.0" in metrics.text
         process.send_signal(signal.SIGINT)
         process.wait(timeout=60)
         reader.join(timeout=10)
@@ -95,6 +122,7 @@ def test_serve_answers_both_protocols_and_stops_on_ctrl_c(tmp_path: Path) -> Non
     text = "".join(output)
     assert process.returncode == 0, text[-3000:]
     assert f"HTTP  http://127.0.0.1:{http_port}/v2" in text
+    assert f"metrics  http://127.0.0.1:{metrics_port}/metrics" in text
     assert "Shutting down" in text
     with pytest.raises(httpx.HTTPError):
         httpx.get(f"http://127.0.0.1:{http_port}/v2/health/live", timeout=2)
