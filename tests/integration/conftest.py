@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import time
@@ -103,6 +104,19 @@ def start_server(
     )
     wait_ready(server.http_url)
     return server, held
+
+
+@contextlib.contextmanager
+def running_server(app: str, repository: Path, **options: Any) -> Iterator[Server]:
+    """``start_server`` for the length of a ``with`` block: deleted and its ports released
+    after."""
+    started, held = start_server(app, repository, **options)
+    try:
+        yield started
+    finally:
+        cluster.delete(started.app)
+        for sock in held:
+            sock.close()
 
 
 @pytest.fixture(scope="session")

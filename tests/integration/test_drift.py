@@ -17,8 +17,7 @@ import numpy as np
 import pytest
 import tritonclient.http as httpclient
 
-from serving.control import cluster
-from tests.integration.conftest import Server, start_server
+from tests.integration.conftest import Server, running_server
 from tests.integration.test_metrics import samples, scrape
 
 WINDOW = 200
@@ -26,18 +25,15 @@ WINDOW = 200
 
 @pytest.fixture(scope="module")
 def drifting(ray_serve: None, test_repository: Path) -> Iterator[Server]:
-    started, held = start_server(
+    with running_server(
         "drifting",
         test_repository,
         replicas=2,
         drift_sample_fraction=1.0,
         drift_window_rows=WINDOW,
         drift_reference_rows=150,
-    )
-    yield started
-    cluster.delete(started.app)
-    for sock in held:
-        sock.close()
+    ) as started:
+        yield started
 
 
 def send(server: Server, model: str, name: str, rows: np.ndarray, per_request: int = 10) -> None:

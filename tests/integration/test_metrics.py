@@ -22,8 +22,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from prometheus_client.parser import text_string_to_metric_families
 
-from serving.control import cluster
-from tests.integration.conftest import Server, start_server
+from tests.integration.conftest import Server, running_server
 from tests.integration.prometheus import PROMTOOL, Prometheus
 
 Key = tuple[str, str, str, str]
@@ -36,11 +35,8 @@ SLOW_BODY = orjson.dumps(
 
 @pytest.fixture(scope="module")
 def metered(ray_serve: None, test_repository: Path) -> Iterator[Server]:
-    started, held = start_server("metered", test_repository, replicas=2)
-    yield started
-    cluster.delete(started.app)
-    for sock in held:
-        sock.close()
+    with running_server("metered", test_repository, replicas=2) as started:
+        yield started
 
 
 def scrape(server: Server) -> tuple[str, str]:

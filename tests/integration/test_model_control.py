@@ -22,7 +22,7 @@ from tritonclient.utils import InferenceServerException
 from serving.control import cluster
 from serving.errors import ErrorCode
 from tests.integration.clients import PROTOCOLS, In, V2Client, error_code
-from tests.integration.conftest import Server, start_server
+from tests.integration.conftest import Server, running_server
 from tests.integration.traffic import Traffic
 
 ROW = np.ones((1, 16), dtype=np.float32)
@@ -42,11 +42,8 @@ def repository(demo_repository: Path, tmp_path_factory: pytest.TempPathFactory) 
 
 @pytest.fixture(scope="module")
 def two(ray_serve: None, repository: Path) -> Iterator[Server]:
-    server, held = start_server("control", repository, replicas=2)
-    yield server
-    cluster.delete(server.app)
-    for sock in held:
-        sock.close()
+    with running_server("control", repository, replicas=2) as server:
+        yield server
 
 
 def fresh_infer(server: Server, model: str = "add_sub") -> httpx.Response:
