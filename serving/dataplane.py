@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-import time
 from types import TracebackType
 from typing import Any
 
@@ -271,10 +270,8 @@ class DataPlane:
         )
         log = self.access_log
         if log.enabled:
-            log.write(
-                call, model=target.model if target else call.model, version=version,
-                status=status, total_ns=total_ns, wall=time.time(),
-            )  # fmt: skip
+            model = target.model if target else call.model
+            log.write(call, model=model, version=version, status=status, total_ns=total_ns)
 
     async def infer(
         self, request: InferenceRequest, call: Call, target: ModelVersion | None = None

@@ -105,15 +105,15 @@ class Replica:
     def snapshot(self) -> ReplicaSnapshot:
         """This replica's counters (copies) and gauges, for its node's metrics."""
         registry = self.registry
-        versions = registry.served()
+        gauges = registry.gauges()
         return ReplicaSnapshot(
             pid=os.getpid(),
             replica=self.name,
             ready=self.dataplane.ready(),
             windows=registry.book.snapshot(),
-            in_flight={(v.model, v.version): v.in_flight for v in versions},
-            queued={(v.model, v.version): v.scheduler.queued for v in versions},
-            loaded=[(v.model, v.version) for v in versions],
+            in_flight={key: inside for key, (inside, _) in gauges.items()},
+            queued={key: queued for key, (_, queued) in gauges.items()},
+            loaded=list(gauges),
             loads={model: list(seconds) for model, seconds in registry.book.loads.items()},
         )
 

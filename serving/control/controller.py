@@ -100,6 +100,7 @@ class Controller:
         self._poller: asyncio.Task[None] | None = None
         self._gathering_until = 0.0
         self.drift = DriftBook(settings.repository, settings.drift)
+        self._served: tuple[DesiredState | None, set[Key]] = (None, set())
 
     # -- start ---------------------------------------------------------------------------------
 
@@ -425,7 +426,14 @@ class Controller:
         )
 
     def _served_versions(self) -> set[Key]:
-        return {(m.name, v.version) for m in self.state.models.values() for v in m.versions}
+        """The versions of the current state (worked out once per state, which is replaced on
+        every change: every poll asks)."""
+        state, versions = self._served
+        if state is not self.state:
+            models = self.state.models.values()
+            versions = {(m.name, v.version) for m in models for v in m.versions}
+            self._served = (self.state, versions)
+        return versions
 
     def _note_applied(self, report: ReplicaReport, before: int | None, now: float) -> None:
         """Record when ``report.replica`` was first heard to have applied each revision."""
@@ -483,13 +491,14 @@ class Controller:
         gauges: dict[Key, list[int]] = {}
         for seen in self._live():
             for key, (in_flight, queued) in seen.report.gauges.items():
-                pair = gauges.setdefault(key, [0, 0])
-                pair[0] += in_flight
-                pair[1] += queued
+                sums = gauges.setdefault(key, [0, 0, 0])
+                sums[0] += in_flight
+                sums[1] += queued
+                sums[2] += 1
         rows = []
         for key in sorted(self._served_versions()):
             window = totals.get(key, StatsWindow())
-            in_flight, queued = gauges.get(key, [0, 0])
+            in_flight, queued, replicas = gauges.get(key, [0, 0, 0])
             rows.append(
                 {
                     "model": key[0],
@@ -499,7 +508,7 @@ class Controller:
                     "latency_counts": list(window.latency),
                     "in_flight": in_flight,
                     "queued": queued,
-                    "replicas": sum(1 for s in self._live() if key in s.report.gauges),
+                    "replicas": replicas,
                     "drift": self.drift.status(key),
                 }
             )

@@ -81,9 +81,7 @@ class Follower:
     def report(self) -> ReplicaReport:
         self._reports += 1
         registry = self._registry
-        gauges = {
-            (v.model, v.version): (v.in_flight, v.scheduler.queued) for v in registry.served()
-        }
+        gauges = registry.gauges()
         drift, rows, profiled = {}, {}, set()
         for key, sampler in registry.book.samplers.items():
             if key not in gauges:

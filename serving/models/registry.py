@@ -105,6 +105,10 @@ class Registry:
         """Every ready version."""
         return [v for e in self.entries for v in e.versions.values()]
 
+    def gauges(self) -> dict[tuple[str, int], tuple[int, int]]:
+        """Per ready version: requests inside it (queued or running), and queued."""
+        return {(v.model, v.version): (v.in_flight, v.scheduler.queued) for v in self.served()}
+
     def resolve(self, name: str, version: int | None) -> ModelVersion:
         """The version to serve: the one asked for, else the model's highest ready version."""
         entry = self.entry(name)

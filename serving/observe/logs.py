@@ -13,6 +13,7 @@ import contextvars
 import logging
 import re
 import secrets
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -66,6 +67,16 @@ class Trace:
         return f"00-{self.trace_id}-{self.span_id}-{self.flags}"
 
 
+def begin_trace(traceparent: str | None, request_id: str | None, *, always: bool) -> Trace | None:
+    """The trace of a request arriving now (``always``: even without a ``traceparent``, for
+    the access log), made the running task's :data:`current_trace`; None when neither asks."""
+    if traceparent is None and not always:
+        return None
+    trace = Trace.start(traceparent, request_id)
+    current_trace.set(trace)
+    return trace
+
+
 class AccessLog:
     """JSON access-log lines for inference requests, when ``enabled``."""
 
@@ -73,12 +84,10 @@ class AccessLog:
         self.enabled = enabled
         self._served_by = served_by
 
-    def write(
-        self, call: Call, *, model: str, version: str, status: int, total_ns: int, wall: float
-    ) -> None:
+    def write(self, call: Call, *, model: str, version: str, status: int, total_ns: int) -> None:
         trace = call.trace
         record = {
-            "ts": round(wall, 6),
+            "ts": round(time.time(), 6),  # a timestamp for people and log stores: wall-clock
             "request_id": trace.request_id if trace else None,
             "trace_id": trace.trace_id if trace else None,
             "span_id": trace.span_id if trace else None,

@@ -10,7 +10,7 @@ import grpc
 
 from serving.dataplane import DataPlane
 from serving.errors import ModelNotFoundError, ServingError
-from serving.observe.logs import REQUEST_ID, TRACEPARENT, Trace, current_trace
+from serving.observe.logs import REQUEST_ID, TRACEPARENT, begin_trace
 from serving.protocol import grpc_codec
 from serving.protocol.proto import grpc_service_pb2 as pb
 from serving.protocol.proto import grpc_service_pb2_grpc as pb_grpc
@@ -134,14 +134,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ModelInfer(self, request: Any, context: Any) -> pb.ModelInferResponse:
         trace = None
-        if self._access_log.enabled or context.invocation_metadata():
-            metadata = dict(context.invocation_metadata() or ())
+        always = self._access_log.enabled
+        sent = context.invocation_metadata()
+        if sent or always:
+            metadata = dict(sent or ())
             traceparent = metadata.get(TRACEPARENT)
-            if traceparent is not None or self._access_log.enabled:
-                trace = Trace.start(traceparent, metadata.get(REQUEST_ID))
-                current_trace.set(trace)
-                if traceparent is not None:
-                    context.set_trailing_metadata(((TRACEPARENT, trace.traceparent),))
+            trace = begin_trace(traceparent, metadata.get(REQUEST_ID), always=always)
+            if trace is not None and traceparent is not None:
+                context.set_trailing_metadata(((TRACEPARENT, trace.traceparent),))
         name, version = request.model_name, request.model_version or None
         with self._dataplane.observe("grpc", name, version, trace) as call:
             target = call.target = self._dataplane.require(name, version)

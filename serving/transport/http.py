@@ -25,7 +25,7 @@ from serving.errors import (
     PayloadTooLargeError,
     ServingError,
 )
-from serving.observe.logs import REQUEST_ID, TRACEPARENT, Trace, current_trace
+from serving.observe.logs import REQUEST_ID, TRACEPARENT, begin_trace
 from serving.protocol import rest
 from serving.status import http_status
 
@@ -145,11 +145,9 @@ def build_app(
         name = request.path_params["model"]
         version = request.path_params.get("version")
         headers = request.headers
-        traceparent = headers.get(TRACEPARENT)
-        trace = None
-        if traceparent is not None or access_log.enabled:
-            trace = Trace.start(traceparent, headers.get(REQUEST_ID))
-            current_trace.set(trace)
+        trace = begin_trace(
+            headers.get(TRACEPARENT), headers.get(REQUEST_ID), always=access_log.enabled
+        )
         with dataplane.observe("http", name, version, trace) as call:
             target = call.target = dataplane.require(name, version)
             body = await _read_body(request, max_request_bytes)
