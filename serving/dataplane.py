@@ -9,21 +9,20 @@ concern the request rather than its wire form live here once: version strings ar
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
+import random
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
 from serving import __version__
 from serving.clock import MONOTONIC, Clock
 from serving.config import LatestPolicy, SpecificPolicy, TensorConfig
-from serving.control.channel import ControlChannel
+from serving.control.channel import ControlChannel, ask
 from serving.errors import (
-    ControlPlaneUnavailableError,
     InternalError,
     InvalidInputError,
     ModelNotReadyError,
-    PermissionDeniedError,
     ServingError,
 )
 from serving.models.registry import Registry
@@ -33,7 +32,11 @@ from serving.models.version import ModelVersion
 from serving.observe.logs import AccessLog, Trace
 from serving.observe.stats import StatsWindow
 from serving.protocol.datatypes import to_triton
+from serving.security.admin import require_admin
 from serving.status import http_status
+from serving.traffic.admin import TrafficAdmin
+from serving.traffic.routing import ROUTING_PARAMETER
+from serving.traffic.shadow import Copy, Mirror
 from serving.types import InferenceRequest, InferenceResponse, Tensor
 
 logger = logging.getLogger(__name__)
@@ -47,8 +50,6 @@ EXTENSIONS = (
     "model_repository",
     "model_repository(unload_dependents)",
 )
-CONTROL_TIMEOUT_S = 10.0
-"""Reads that need the controller (statistics, the index) give up after this long."""
 
 
 def request_timeout_s(request: InferenceRequest) -> float | None:
@@ -61,18 +62,16 @@ def request_timeout_s(request: InferenceRequest) -> float | None:
     return value / 1e6 if value else None  # 0 means no timeout, as in Triton
 
 
-def is_loopback(host: str | None) -> bool:
-    """Whether ``host`` (an address as the transport reports its peer) is this machine's
-    loopback; ``unix`` sockets count as local."""
-    if host == "unix":
-        return True
-    try:
-        address = ipaddress.ip_address((host or "").strip("[]"))
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped.is_loopback
-    return address.is_loopback
+def routing_parameter(request: InferenceRequest) -> str | None:
+    """The request's ``routing_key`` parameter (a string, or an integer taken as one)."""
+    value = request.parameters.get(ROUTING_PARAMETER)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise InvalidInputError(
+            f"parameter '{ROUTING_PARAMETER}' must be a string, got {type(value).__name__}"
+        )
+    return str(value)
 
 
 CLIENT_CLOSED = 499
@@ -145,6 +144,12 @@ class DataPlane:
         self._clock = clock
         self._ready = False
         self.access_log = access_log or AccessLog(enabled=False)
+        self.urgent: Callable[[], None] = lambda: None
+        """Called when a version under watch (a rollout's canary) fails a request: the
+        replica reports at once instead of at its next regular report."""
+        self.mirror = Mirror(on_error=lambda: self.urgent())
+        self.traffic = TrafficAdmin(registry, control)
+        """Traffic tables and rollouts (admin calls)."""
 
     # -- health and metadata -------------------------------------------------------------------
 
@@ -232,15 +237,23 @@ class DataPlane:
             }
         return document
 
-    def require(self, name: str, version: str | None) -> ModelVersion:
+    def require(self, name: str, version: str | None, key: str | None = None) -> ModelVersion:
         """The ready version that serves ``name``/``version``, or the error to answer with;
-        checked before a request's body is read."""
-        return self.registry.resolve(name, parse_version(version))
+        checked before a request's body is read. A request that names no version goes where
+        the model's traffic table sends it (by its routing ``key``, if it has one)."""
+        number = parse_version(version)
+        if number is None:
+            policy = self.registry.traffic.get(name)
+            if policy is not None:
+                return self.registry.split(name, policy, key, random.random())
+        return self.registry.resolve(name, number)
 
     # -- inference -----------------------------------------------------------------------------
 
-    def route(self, request: InferenceRequest) -> ModelVersion:
-        return self.require(request.model_name, request.model_version)
+    def route(self, request: InferenceRequest, key: str | None = None) -> ModelVersion:
+        if key is None and request.model_version is None:
+            key = routing_parameter(request)
+        return self.require(request.model_name, request.model_version, key)
 
     def observe(
         self, protocol: str, model: str, version: str | None, trace: Trace | None = None
@@ -258,6 +271,10 @@ class DataPlane:
             window = self.registry.book.window(call.model if known else "", 0)
             version = ""
         failed = None if status == 200 else (error or InternalError("client closed request"))
+        if status >= 500 and target is not None:
+            policy = self.registry.traffic.get(target.model)
+            if policy is not None and target.version in policy.watched:
+                self.urgent()
         window.record(
             call.protocol,
             status,
@@ -274,12 +291,26 @@ class DataPlane:
             log.write(call, model=model, version=version, status=status, total_ns=total_ns)
 
     async def infer(
-        self, request: InferenceRequest, call: Call, target: ModelVersion | None = None
+        self,
+        request: InferenceRequest,
+        call: Call,
+        target: ModelVersion | None = None,
+        key: str | None = None,
     ) -> InferenceResponse:
-        """Route (``target``, if it still serves, else the request's model and version),
-        validate, schedule and execute; ``call`` (from :meth:`observe`) records it."""
+        """Route (``target``, if it still serves, else the request's model and version, split
+        by the model's traffic table), validate, schedule and execute; ``call`` (from
+        :meth:`observe`) records it. ``key``: the routing key the transport found (a header);
+        without one, the request's ``routing_key`` parameter routes it again."""
+        unversioned = request.model_version is None
+        if (
+            key is None
+            and unversioned
+            and ROUTING_PARAMETER in request.parameters
+            and request.model_name in self.registry.traffic
+        ):
+            target = None  # the transport split it before the body said its key
         if target is None or not target.enter():
-            target = self.route(request)
+            target = self.route(request, key)
             target.enter()  # a version just resolved is not retired: no await in between
         call.target = target
         clock = self._clock
@@ -305,24 +336,41 @@ class DataPlane:
         call.infer_ns = _ns(outcome.compute_s)
         if target.drift is not None:
             target.drift.offer(feed, names, outcome.outputs)
+        if unversioned:
+            self._shadow(target, feed, rows, names, outcome.outputs, call.infer_ns)
         types = signature.output_types
         outputs = [Tensor(n, types[n], a) for n, a in zip(names, outcome.outputs, strict=True)]
         return InferenceResponse(
             model_name=target.model, model_version=target.label, outputs=outputs, id=request.id
         )
 
-    # -- what needs the controller -------------------------------------------------------------
+    def _shadow(
+        self,
+        target: ModelVersion,
+        feed: dict[str, Any],
+        rows: int,
+        names: list[str],
+        outputs: list[Any],
+        compute_ns: int,
+    ) -> None:
+        """Hand a copy of an answered request to the model's shadow version, if it has one
+        and the coin says so (the answer goes out regardless)."""
+        policy = self.registry.traffic.get(target.model)
+        if policy is None or policy.shadow is None or policy.shadow == target.version:
+            return
+        if random.random() >= policy.shadow_fraction:
+            return
+        shadow = self.registry.entry(target.model).versions.get(policy.shadow)
+        stats = self.registry.book.shadow(target.model, target.version, policy.shadow)
+        if shadow is None:
+            stats.mirrored += 1
+            stats.dropped += 1
+            return
+        self.mirror.offer(
+            Copy(stats, shadow, feed, rows, names, outputs, compute_ns, policy.atol, policy.rtol)
+        )
 
-    async def _ask(self, what: str, call: Any) -> Any:
-        try:
-            async with asyncio.timeout(CONTROL_TIMEOUT_S):
-                return await call
-        except ServingError:
-            raise
-        except Exception as error:
-            raise ControlPlaneUnavailableError(
-                what=what, detail=str(error) or "timed out"
-            ) from None
+    # -- what needs the controller -------------------------------------------------------------
 
     async def statistics(self, name: str | None, version: str | None) -> dict[str, Any]:
         """The v2 statistics of every loaded version (or of ``name``, or one version of it),
@@ -337,7 +385,7 @@ class DataPlane:
                 keys = [(name, v) for v in sorted(entry.versions)]
         else:
             keys = [(e.name, v) for e in self.registry.entries for v in sorted(e.versions)]
-        totals = await self._ask("statistics", self._control.statistics())
+        totals = await ask("statistics", self._control.statistics())
         return {
             "model_stats": [
                 totals.get(key, StatsWindow()).as_v2(key[0], str(key[1])) for key in keys
@@ -347,7 +395,7 @@ class DataPlane:
     async def summary(self) -> dict[str, Any]:
         """Every served version's statistics, latency histogram, load and drift, added up over
         the application (``serving top``)."""
-        summary: dict[str, Any] = await self._ask("the summary", self._control.summary())
+        summary: dict[str, Any] = await ask("the summary", self._control.summary())
         return summary
 
     async def drift(self, name: str, version: str | None) -> dict[str, Any]:
@@ -367,7 +415,7 @@ class DataPlane:
         return {"name": name, "versions": versions}
 
     async def repository_index(self, ready_only: bool = False) -> list[dict[str, Any]]:
-        rows: list[dict[str, Any]] = await self._ask(
+        rows: list[dict[str, Any]] = await ask(
             "the repository index", self._control.index(ready_only)
         )
         return rows
@@ -375,7 +423,7 @@ class DataPlane:
     async def load_model(self, name: str, parameters: dict[str, Any], *, peer: str | None) -> None:
         """Triton's model control load: ``parameters`` may carry ``config`` (Triton's model
         configuration as JSON, in place of the model's own config file)."""
-        self._admin(peer)
+        require_admin(peer)
         override = None
         for key, value in parameters.items():
             if key == "config":
@@ -393,21 +441,13 @@ class DataPlane:
     async def unload_model(
         self, name: str, parameters: dict[str, Any], *, peer: str | None
     ) -> None:
-        self._admin(peer)
+        require_admin(peer)
         for key, value in parameters.items():
             if key != "unload_dependents":
                 raise InvalidInputError(f"unrecognized unload parameter '{key}'")
             if not isinstance(value, bool):
                 raise InvalidInputError("unload parameter 'unload_dependents' must be a boolean")
         await self._control.unload(name)  # no model here has dependents
-
-    @staticmethod
-    def _admin(peer: str | None) -> None:
-        if not is_loopback(peer):
-            raise PermissionDeniedError(
-                f"model control is accepted only from loopback until authentication is "
-                f"configured; refused for {peer or 'an unknown peer'}"
-            )
 
 
 def _ns(seconds: float) -> int:

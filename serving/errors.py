@@ -18,6 +18,7 @@ class ErrorCode(enum.Enum):
     RESOURCE_EXHAUSTED = "resource_exhausted"
     DEADLINE_EXCEEDED = "deadline_exceeded"
     PERMISSION_DENIED = "permission_denied"
+    CONFLICT = "conflict"
     INTERNAL = "internal"
 
 
@@ -152,6 +153,19 @@ class PermissionDeniedError(ServingError):
     """The caller may not do this."""
 
     code = ErrorCode.PERMISSION_DENIED
+
+
+class NotFoundError(ServingError):
+    """Something other than a model that the request names does not exist (a rollout)."""
+
+    code = ErrorCode.NOT_FOUND
+
+
+class ConflictError(ServingError):
+    """The request cannot be carried out in the current state: a rollout already manages the
+    model's traffic, or a candidate fails its gate."""
+
+    code = ErrorCode.CONFLICT
 
 
 class InternalError(ServingError):

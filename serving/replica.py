@@ -90,6 +90,7 @@ class Replica:
             clock=clock,
             access_log=AccessLog(enabled=config.access_log, served_by=served_by),
         )
+        self.dataplane.urgent = self.follower.nudge
         self.metrics: NodeMetrics | None = None
         if config.metrics_port is not None:
             self.metrics = NodeMetrics(
@@ -132,6 +133,7 @@ class Replica:
         if self.metrics is not None:
             await self.metrics.stop()
         await self.follower.stop()
+        await self.dataplane.mirror.close()
         await self.registry.close()
 
     @property

@@ -22,6 +22,7 @@ from serving.control.store import FileStore
 from serving.errors import ServingError
 from serving.models.spec import DesiredState
 from serving.observe.stats import Key, StatsWindow
+from serving.traffic.rollout import Plan
 
 logger = logging.getLogger(__name__)
 
@@ -122,6 +123,21 @@ class ControllerActor:
     async def summary(self) -> dict[str, Any]:
         return await (await self._started()).summary()
 
+    async def traffic(self, name: str) -> dict[str, Any]:
+        return (await self._started()).desk.traffic(name)
+
+    async def set_traffic(self, *args: Any) -> dict[str, Any]:
+        return await (await self._started()).desk.set_traffic(*args)
+
+    async def start_rollout(self, plan: Plan, evaluation: dict[str, Any] | None) -> dict[str, Any]:
+        return await (await self._started()).desk.start(plan, evaluation)
+
+    async def rollout(self, name: str) -> dict[str, Any]:
+        return (await self._started()).desk.status(name)
+
+    async def rollout_action(self, name: str, action: str) -> dict[str, Any]:
+        return await (await self._started()).desk.act(name, action)
+
     async def timings(self) -> dict[int, tuple[float, dict[str, float]]]:
         return (await self._started()).timings()
 
@@ -209,3 +225,33 @@ class RayChannel:
     async def summary(self) -> dict[str, Any]:
         summary: dict[str, Any] = await self._call("summary")
         return summary
+
+    async def traffic(self, name: str) -> dict[str, Any]:
+        document: dict[str, Any] = await self._call("traffic", name)
+        return document
+
+    async def set_traffic(
+        self,
+        name: str,
+        weights: dict[int, float],
+        shadow: int | None,
+        fraction: float,
+        atol: float,
+        rtol: float,
+    ) -> dict[str, Any]:
+        document: dict[str, Any] = await self._call(
+            "set_traffic", name, weights, shadow, fraction, atol, rtol
+        )
+        return document
+
+    async def start_rollout(self, plan: Plan, evaluation: dict[str, Any] | None) -> dict[str, Any]:
+        document: dict[str, Any] = await self._call("start_rollout", plan, evaluation)
+        return document
+
+    async def rollout(self, name: str) -> dict[str, Any]:
+        document: dict[str, Any] = await self._call("rollout", name)
+        return document
+
+    async def rollout_action(self, name: str, action: str) -> dict[str, Any]:
+        document: dict[str, Any] = await self._call("rollout_action", name, action)
+        return document

@@ -6,13 +6,21 @@ No Ray here: ``actor.py`` implements :class:`ControlChannel` over a Ray actor ha
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
+from serving.errors import ControlPlaneUnavailableError, ServingError
 from serving.models.spec import DesiredState
 from serving.observe.drift import Counts, Profile, Raw
 from serving.observe.metrics import DriftGauge
-from serving.observe.stats import Key, StatsWindow
+from serving.observe.stats import Key, ShadowKey, ShadowStats, StatsWindow
+from serving.traffic.rollout import Plan
+
+CONTROL_TIMEOUT_S = 10.0
+"""Reads that need the controller (statistics, the index) give up after this long."""
+T = TypeVar("T")
 
 if TYPE_CHECKING:
     from serving.control.controller import Controller
@@ -45,6 +53,8 @@ class ReplicaReport:
     """Rows sampled since its last report, of versions without a profile."""
     profiled: frozenset[Key] = frozenset()
     """Versions it holds a drift profile for."""
+    shadow: dict[ShadowKey, ShadowStats] = field(default_factory=dict)
+    """Its cumulative shadow comparisons."""
 
 
 @dataclass(frozen=True)
@@ -74,6 +84,38 @@ class ControlChannel(Protocol):
 
     async def summary(self) -> dict[str, Any]: ...
 
+    async def traffic(self, name: str) -> dict[str, Any]: ...
+
+    async def set_traffic(
+        self,
+        name: str,
+        weights: dict[int, float],
+        shadow: int | None,
+        fraction: float,
+        atol: float,
+        rtol: float,
+    ) -> dict[str, Any]: ...
+
+    async def start_rollout(
+        self, plan: Plan, evaluation: dict[str, Any] | None
+    ) -> dict[str, Any]: ...
+
+    async def rollout(self, name: str) -> dict[str, Any]: ...
+
+    async def rollout_action(self, name: str, action: str) -> dict[str, Any]: ...
+
+
+async def ask(what: str, call: Awaitable[T]) -> T:
+    """Await a read that needs the controller: its own errors pass, anything else (it is
+    away, or slow) is UNAVAILABLE after ``CONTROL_TIMEOUT_S``."""
+    try:
+        async with asyncio.timeout(CONTROL_TIMEOUT_S):
+            return await call
+    except ServingError:
+        raise
+    except Exception as error:
+        raise ControlPlaneUnavailableError(what=what, detail=str(error) or "timed out") from None
+
 
 class LocalChannel:
     """Calls a :class:`Controller` in this process, on this event loop."""
@@ -101,3 +143,26 @@ class LocalChannel:
 
     async def summary(self) -> dict[str, Any]:
         return await self.controller.summary()
+
+    async def traffic(self, name: str) -> dict[str, Any]:
+        return self.controller.desk.traffic(name)
+
+    async def set_traffic(
+        self,
+        name: str,
+        weights: dict[int, float],
+        shadow: int | None,
+        fraction: float,
+        atol: float,
+        rtol: float,
+    ) -> dict[str, Any]:
+        return await self.controller.desk.set_traffic(name, weights, shadow, fraction, atol, rtol)
+
+    async def start_rollout(self, plan: Plan, evaluation: dict[str, Any] | None) -> dict[str, Any]:
+        return await self.controller.desk.start(plan, evaluation)
+
+    async def rollout(self, name: str) -> dict[str, Any]:
+        return self.controller.desk.status(name)
+
+    async def rollout_action(self, name: str, action: str) -> dict[str, Any]:
+        return await self.controller.desk.act(name, action)

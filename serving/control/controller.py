@@ -27,13 +27,15 @@ from serving.clock import MONOTONIC, Clock
 from serving.config import ModelControlMode
 from serving.control.channel import PollAnswer, ReplicaReport
 from serving.control.drift import DriftBook
-from serving.control.index import repository_index
+from serving.control.index import repository_index, summary
+from serving.control.rollouts import Changes, RolloutDesk, prune
+from serving.control.settling import changed_versions, settle
 from serving.control.store import STATE_FORMAT, Store
 from serving.errors import ModelControlDisabledError, ModelLoadError, ModelNotFoundError
 from serving.models.repository import Hashes, model_directories, plan_model
-from serving.models.spec import DesiredState, ModelSpec, VersionSpec
+from serving.models.spec import DesiredState, ModelSpec
 from serving.observe.drift import DriftSettings
-from serving.observe.stats import LATENCY_BUCKETS_S, Key, StatsWindow
+from serving.observe.stats import Key, StatsWindow
 
 logger = logging.getLogger(__name__)
 
@@ -84,10 +86,15 @@ class Controller:
         self._apply_timeout_s = apply_timeout_s
         self.state = DesiredState()
         self._replicas: dict[str, _Seen] = {}
-        self._departed: dict[str, dict[Key, StatsWindow]] = {}
+        self._departed: dict[str, ReplicaReport] = {}
+        """The last report of each replica that stopped polling (its counters stay counted)."""
         self._flush = 0
         self._tick = asyncio.Event()
         self._lock = asyncio.Lock()
+        """Held through a model control change (plan, commit, settle)."""
+        self._commit_lock = asyncio.Lock()
+        """Held while a revision is built, saved and published: traffic changes (a rollback)
+        commit without waiting for a model control change to finish."""
         self._hashes = Hashes()
         self._previous: dict[str, ModelSpec] = {}
         """Each model's spec before its latest change: what a failed load falls back to."""
@@ -101,6 +108,12 @@ class Controller:
         self._gathering_until = 0.0
         self.drift = DriftBook(settings.repository, settings.drift)
         self._served: tuple[DesiredState | None, set[Key]] = (None, set())
+        self.desk = RolloutDesk(self)
+        """Traffic tables by hand, and rollouts."""
+
+    @property
+    def clock(self) -> Clock:
+        return self._clock
 
     # -- start ---------------------------------------------------------------------------------
 
@@ -122,8 +135,10 @@ class Controller:
             await self._plan_start(resumed, revision_floor)
         if self.settings.mode == "poll":
             self._poller = asyncio.create_task(self._poll_repository())
+        self.desk.begin()
 
     async def stop(self) -> None:
+        await self.desk.stop()
         if self._poller is not None:
             self._poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -138,6 +153,7 @@ class Controller:
 
     def _restore(self, document: dict[str, Any]) -> None:
         self.state = DesiredState.from_json(document["state"])
+        self.desk.restore(document.get("traffic_desk"))
         self._unloaded_versions = {
             name: tuple(versions)
             for name, versions in document.get("unloaded_versions", {}).items()
@@ -151,6 +167,10 @@ class Controller:
         overrides: dict[str, str | None] = {}
         unloaded: set[str] = set()
         revision = revision_floor
+        traffic: Changes = {}
+        if saved is not None:
+            traffic = {**DesiredState.from_json(saved["state"]).traffic}
+            self.desk.restore(saved.get("traffic_desk"))
         if settings.mode == "explicit" and saved is not None:
             previous = DesiredState.from_json(saved["state"])
             revision = max(revision, previous.revision)
@@ -175,55 +195,82 @@ class Controller:
             except ModelNotFoundError as error:
                 logger.error("cannot load %s at start: %s", name, error.message)
         self.state = DesiredState(revision, {}, frozenset())
-        await self._commit(models, frozenset(unloaded - set(models)))
+        await self._commit(models, frozenset(unloaded - set(models)), traffic=traffic)
 
     # -- planning and committing ---------------------------------------------------------------
 
     async def _plan(self, name: str, override: str | None) -> ModelSpec:
         """What serving ``name`` from the repository (with ``override`` as its config) means
         now; reading and hashing files leaves the event loop."""
-        return await asyncio.to_thread(
+        spec = await asyncio.to_thread(
             plan_model, self.settings.repository, name, override, self._hashes
         )
+        return self.desk.without_retired(spec)
 
     async def _commit(
         self,
-        models: dict[str, ModelSpec],
-        unloaded: frozenset[str],
+        models: dict[str, ModelSpec] | None = None,
+        unloaded: frozenset[str] | None = None,
         *,
         correction: bool = False,
+        traffic: Changes | None = None,
     ) -> int:
-        """Publish a new revision (saved first). ``correction``: it settles a failed change,
-        so the specs it replaces are not worth falling back to."""
-        old = self.state
-        revision = old.revision + 1
-        for name in {*old.models, *models}:
-            before, after = old.models.get(name), models.get(name)
-            if before == after:
-                continue
-            self._changed_at[name] = revision
-            if not correction and before is not None:
-                self._previous[name] = before
-            if after is None and before is not None:
-                self._unloaded_versions[name] = tuple(v.version for v in before.versions)
-        state = DesiredState(revision, models, unloaded)
-        document = {
-            "format": STATE_FORMAT,
-            "repository": str(self.settings.repository),
-            "mode": self.settings.mode,
-            "state": state.to_json(),
-            "unloaded_versions": {k: list(v) for k, v in self._unloaded_versions.items()},
-        }
-        for store in (self._live_store, self._durable_store):
-            if store is not None:
-                await asyncio.to_thread(store.save, document)
-        self.state = state
-        self._timings[revision] = (self._clock.now(), {})
-        while len(self._timings) > TIMINGS_KEPT:
-            self._timings.popitem(last=False)
+        """Publish a new revision (saved first): ``models`` and ``unloaded`` in place of the
+        current ones (None keeps them), ``traffic`` tables changed (None removes one).
+        ``correction``: it settles a failed change, so the specs it replaces are not worth
+        falling back to."""
+        async with self._commit_lock:
+            old = self.state
+            models = old.models if models is None else models
+            unloaded = old.unloaded if unloaded is None else unloaded
+            revision = old.revision + 1
+            for name in {*old.models, *models}:
+                before, after = old.models.get(name), models.get(name)
+                if before == after:
+                    continue
+                self._changed_at[name] = revision
+                if not correction and before is not None:
+                    self._previous[name] = before
+                if after is None and before is not None:
+                    self._unloaded_versions[name] = tuple(v.version for v in before.versions)
+            changes = {**(traffic or {}), **self.desk.orphaned(models)}
+            tables = {**old.traffic, **changes}
+            kept = prune({n: p for n, p in tables.items() if p is not None}, models)
+            state = DesiredState(revision, models, unloaded, kept)
+            document = {
+                "format": STATE_FORMAT,
+                "repository": str(self.settings.repository),
+                "mode": self.settings.mode,
+                "state": state.to_json(),
+                "unloaded_versions": {k: list(v) for k, v in self._unloaded_versions.items()},
+                "traffic_desk": self.desk.to_json(),
+            }
+            for store in (self._live_store, self._durable_store):
+                if store is not None:
+                    await asyncio.to_thread(store.save, document)
+            self.state = state
+            self._timings[revision] = (self._clock.now(), {})
+            while len(self._timings) > TIMINGS_KEPT:
+                self._timings.popitem(last=False)
         self._wake()
         logger.info("revision %d: %s", revision, ", ".join(sorted(models)) or "no models")
         return revision
+
+    async def commit_traffic(self, changes: Changes) -> int:
+        """A revision that changes traffic tables only (the rollouts' and by hand)."""
+        return await self._commit(traffic=changes)
+
+    async def drop_version(self, name: str, version: int) -> None:
+        """Stop serving one version of ``name`` (after a promotion); returns once every live
+        replica has applied it."""
+        async with self._lock:
+            spec = self.state.models.get(name)
+            if spec is None or spec.version(version) is None or len(spec.versions) < 2:
+                return
+            kept = tuple(v for v in spec.versions if v.version != version)
+            models = {**self.state.models, name: dataclasses.replace(spec, versions=kept)}
+            revision = await self._commit(models)
+        await self._until_applied(revision)
 
     # -- model control -------------------------------------------------------------------------
 
@@ -237,6 +284,7 @@ class Controller:
         serving."""
         self._require_explicit()
         async with self._lock:
+            self.desk.retired.pop(name, None)  # loading by hand serves what the policy says
             spec = await self._plan(name, override)
             current = self.state.models.get(name)
             if spec.error is not None and current is not None and current.error is None:
@@ -273,57 +321,18 @@ class Controller:
         if spec is None or self._changed_at.get(name) != revision:
             return []  # changed again since: that change settles itself
         applied = [s.report for s in self._live() if s.report.applied >= revision]
-        failing: dict[int, list[str]] = {}
-        for report in applied:
-            for (model, version), (sha, reason) in report.failures.items():
-                wanted = spec.version(version) if model == name else None
-                if wanted is not None and wanted.sha256 == sha:
-                    failing.setdefault(version, []).append(reason)
-        problems = [
-            f"version {v}: failed on {len(reasons)} of {len(applied)} replicas: {reasons[0]}"
-            for v, reasons in sorted(failing.items())
-            if len(reasons) < len(applied)
-        ]
-        everywhere = {v: r[0] for v, r in failing.items() if len(r) == len(applied)}
-        if not everywhere:
-            return problems
-        problems += [f"version {v}: {reason}" for v, reason in sorted(everywhere.items())]
-        for version in everywhere:
+        settled = settle(spec, self._previous.get(name), applied)
+        for version in settled.everywhere:
             failed = spec.version(version)
             assert failed is not None
             self._failed[(name, version)] = failed.sha256
-        previous = self._previous.get(name)
-        changed = _changed_versions(spec, previous)
-        if previous is not None and previous.error is None and changed <= set(everywhere):
-            # The change failed as a whole: what served before serves on, and the index
-            # shows the versions that did not load.
-            known = {v.version for v in previous.versions}
-            unavailable = dict(previous.unavailable)
-            unavailable.update((v, r) for v, r in everywhere.items() if v not in known)
-            corrected = dataclasses.replace(
-                previous, unavailable=tuple(sorted(unavailable.items()))
-            )
-            problems.append("what was served before keeps serving")
-        else:
-            kept: list[VersionSpec] = []
-            unavailable = dict(spec.unavailable)
-            same_config = previous is not None and previous.config == spec.config
-            for wanted in spec.versions:
-                old = previous.version(wanted.version) if previous and same_config else None
-                if wanted.version not in everywhere:
-                    kept.append(wanted)
-                elif old is not None and old.sha256 != wanted.sha256:
-                    kept.append(old)
-                    problems.append(f"version {wanted.version}: the previous file keeps serving")
-                else:
-                    unavailable[wanted.version] = everywhere[wanted.version]
-            corrected = dataclasses.replace(
-                spec, versions=tuple(kept), unavailable=tuple(sorted(unavailable.items()))
-            )
+        corrected = settled.corrected
+        if corrected is None:
+            return settled.problems
         models = {**self.state.models, name: corrected}
         correction = await self._commit(models, self.state.unloaded, correction=True)
         self._changed_at[name] = correction
-        return problems
+        return settled.problems
 
     async def _poll_repository(self) -> None:
         while True:
@@ -369,7 +378,7 @@ class Controller:
         file, under the same config."""
         if current is None or current.config != spec.config:
             return False
-        changed = _changed_versions(spec, current)
+        changed = changed_versions(spec, current)
         return bool(changed) and all(
             self._failed.get((spec.name, v.version)) == v.sha256
             for v in spec.versions
@@ -387,7 +396,7 @@ class Controller:
         horizon = self._clock.now() - self._liveness_s
         for replica in [r for r, seen in self._replicas.items() if seen.at < horizon]:
             seen = self._replicas.pop(replica)
-            self._departed[replica] = seen.report.stats
+            self._departed[replica] = seen.report
             logger.warning("replica %s stopped polling; taking it for gone", replica)
         return list(self._replicas.values())
 
@@ -404,6 +413,7 @@ class Controller:
             self._note_applied(report, previous.report.applied if previous else None, now)
             self.drift.observe(report.replica, report.drift, report.drift_rows, set(report.gauges))
             self.drift.score(now, self._served_versions())
+            self.desk.note_report()
         self._wake()
         deadline = now + timeout_s
         while True:
@@ -452,6 +462,18 @@ class Controller:
             await self._clock.wait(self._tick, min(remaining, 0.5))
         return True
 
+    def reports(self) -> list[ReplicaReport]:
+        """The latest report of every replica, live or departed: what adds up to the
+        application's totals."""
+        return [*self._departed.values(), *(s.report for s in self._live())]
+
+    def gathered(self) -> bool:
+        """Whether a restarted controller has waited long enough for its replicas to report."""
+        return self._clock.now() >= self._gathering_until
+
+    async def until_applied(self, revision: int) -> None:
+        await self._until_applied(revision)
+
     async def _until_applied(self, revision: int) -> None:
         def applied() -> bool:
             gathered = self._clock.now() >= self._gathering_until
@@ -478,41 +500,23 @@ class Controller:
         gathering = max(0.0, self._gathering_until - self._clock.now())
         await self._until(flushed, FLUSH_TIMEOUT_S + gathering)
         totals: dict[Key, StatsWindow] = {}
-        sources = [*self._departed.values(), *(s.report.stats for s in self._live())]
-        for windows in sources:
-            for key, window in windows.items():
+        for report in self.reports():
+            for key, window in report.stats.items():
                 totals.setdefault(key, StatsWindow()).add(window)
         return totals
 
     async def summary(self) -> dict[str, Any]:
         """Per served version: the application's statistics (fresh), requests in flight and
-        queued on every replica, and drift; what ``serving top`` and ``serving drift`` show."""
+        queued on every replica, traffic share and drift; what ``serving top`` and ``serving
+        drift`` show."""
         totals = await self.statistics()
-        gauges: dict[Key, list[int]] = {}
-        for seen in self._live():
-            for key, (in_flight, queued) in seen.report.gauges.items():
-                sums = gauges.setdefault(key, [0, 0, 0])
-                sums[0] += in_flight
-                sums[1] += queued
-                sums[2] += 1
-        rows = []
-        for key in sorted(self._served_versions()):
-            window = totals.get(key, StatsWindow())
-            in_flight, queued, replicas = gauges.get(key, [0, 0, 0])
-            rows.append(
-                {
-                    "model": key[0],
-                    "version": str(key[1]),
-                    "statistics": window.as_v2(key[0], str(key[1])),
-                    "latency_bounds_s": list(LATENCY_BUCKETS_S),
-                    "latency_counts": list(window.latency),
-                    "in_flight": in_flight,
-                    "queued": queued,
-                    "replicas": replicas,
-                    "drift": self.drift.status(key),
-                }
-            )
-        return {"versions": rows}
+        return summary(
+            totals,
+            self.state,
+            self._served_versions(),
+            [s.report for s in self._live()],
+            self.drift,
+        )
 
     def timings(self) -> dict[int, tuple[float, dict[str, float]]]:
         """Revision → (when committed, {replica: when its report of applying it arrived}), on
@@ -539,10 +543,3 @@ class Controller:
             unloaded_versions=self._unloaded_versions,
         )
         return [r for r in rows if r.get("state") == "READY"] if ready_only else rows
-
-
-def _changed_versions(spec: ModelSpec, previous: ModelSpec | None) -> set[int]:
-    """The versions of ``spec`` that serving it in place of ``previous`` would (re)load."""
-    if previous is None or previous.config != spec.config:
-        return {v.version for v in spec.versions}
-    return {v.version for v in spec.versions if previous.version(v.version) != v}

@@ -23,6 +23,8 @@ logger = logging.getLogger(__name__)
 POLL_TIMEOUT_S = 1.0
 """The longest a poll stays open, so statistics reach the controller at least this often."""
 RETRY_S = 0.5
+PROMPT_SPACING_S = 0.05
+"""Prompt reports (a watched version failed) go out at most this often."""
 
 
 class Follower:
@@ -45,6 +47,7 @@ class Follower:
         self._reports = 0
         self._desired: DesiredState | None = None
         self._wanted = asyncio.Event()
+        self._urgent = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self.drift: list[DriftGauge] = []
         """The latest drift scores the controller sent (for this replica's metrics)."""
@@ -64,7 +67,19 @@ class Follower:
         self._tasks = [
             asyncio.create_task(self._poll(), name="control-poll"),
             asyncio.create_task(self._apply(), name="control-apply"),
+            asyncio.create_task(self._prompt(), name="control-prompt"),
         ]
+
+    def nudge(self) -> None:
+        """Report soon, not at the next regular poll: a rollout's canary failed a request."""
+        self._urgent.set()
+
+    async def _prompt(self) -> None:
+        while True:
+            await self._urgent.wait()
+            self._urgent.clear()
+            await self._report_now()
+            await asyncio.sleep(PROMPT_SPACING_S)
 
     @property
     def alive(self) -> bool:
@@ -107,6 +122,7 @@ class Follower:
             drift=drift,
             drift_rows=rows,
             profiled=frozenset(profiled),
+            shadow=registry.book.shadow_snapshot(),
         )
 
     async def _report_now(self) -> None:

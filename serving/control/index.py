@@ -1,4 +1,5 @@
-"""The repository index, as Triton lists it, from the desired state and the replicas' reports."""
+"""The repository index, as Triton lists it, and the summary ``serving top`` shows: from the
+desired state and the replicas' reports."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from serving.control.channel import ReplicaReport
+from serving.control.drift import DriftBook
 from serving.models.spec import DesiredState, ModelSpec
+from serving.observe.stats import LATENCY_BUCKETS_S, Key, StatsWindow
 
 
 def repository_index(
@@ -69,3 +72,42 @@ def _served(name: str, spec: ModelSpec, number: int, live: list[ReplicaReport]) 
 
 def _row(name: str, version: str, state: str, reason: str) -> dict[str, Any]:
     return {"name": name, "version": version, "state": state, "reason": reason}
+
+
+def summary(
+    totals: Mapping[Key, StatsWindow],
+    state: DesiredState,
+    served: set[Key],
+    live: list[ReplicaReport],
+    drift: DriftBook,
+) -> dict[str, Any]:
+    """Per served version: the application's ``totals``, requests in flight and queued on the
+    ``live`` replicas, its share of the model's traffic (when the model has a table) and drift."""
+    gauges: dict[Key, list[int]] = {}
+    for report in live:
+        for key, (in_flight, queued) in report.gauges.items():
+            sums = gauges.setdefault(key, [0, 0, 0])
+            sums[0] += in_flight
+            sums[1] += queued
+            sums[2] += 1
+    rows = []
+    for key in sorted(served):
+        window = totals.get(key, StatsWindow())
+        in_flight, queued, replicas = gauges.get(key, [0, 0, 0])
+        policy = state.traffic.get(key[0])
+        rows.append(
+            {
+                "model": key[0],
+                "version": str(key[1]),
+                "statistics": window.as_v2(key[0], str(key[1])),
+                "latency_bounds_s": list(LATENCY_BUCKETS_S),
+                "latency_counts": list(window.latency),
+                "in_flight": in_flight,
+                "queued": queued,
+                "replicas": replicas,
+                "weight": None if policy is None else round(policy.share(key[1]) * 100, 3),
+                "shadow": policy is not None and policy.shadow == key[1],
+                "drift": drift.status(key),
+            }
+        )
+    return {"versions": rows}

@@ -24,6 +24,7 @@ from serving.models.loader import Loaded, LoadError, RuntimeFactory, load_versio
 from serving.models.spec import DesiredState, ModelSpec, VersionSpec
 from serving.models.version import ModelVersion
 from serving.observe.stats import StatsBook
+from serving.traffic.routing import TrafficPolicy, choose, fallback
 
 logger = logging.getLogger(__name__)
 
@@ -80,11 +81,17 @@ class Registry:
         self._draining: set[asyncio.Task[None]] = set()
         self.revision = 0
         """The revision of the desired state last applied in full."""
+        self.traffic: dict[str, TrafficPolicy] = {}
+        """Traffic tables of the applied state, by model."""
         self.failures: dict[tuple[str, int], tuple[str, str]] = {}
         """(model, version) → (sha256, reason): what this replica failed to load of the
         applied state."""
 
     # -- what requests see ---------------------------------------------------------------------
+
+    @property
+    def repository(self) -> Path:
+        return self._repository
 
     @property
     def names(self) -> KeysView[str]:
@@ -128,6 +135,18 @@ class Registry:
             model=name, version=str(version), known=[str(v) for v in entry.known()]
         )
 
+    def split(self, name: str, policy: TrafficPolicy, key: str | None, draw: float) -> ModelVersion:
+        """The version ``policy`` sends a request to (by its routing ``key``, else by ``draw``);
+        a chosen version that does not serve here (yet) yields to the ready one with the largest
+        share, and a table with none ready to the model's highest ready version."""
+        entry = self.entry(name)
+        chosen = choose(policy, key, draw)
+        found = entry.versions.get(chosen) if chosen is not None else None
+        if found is None:
+            backup = fallback(policy, entry.versions)
+            found = entry.versions.get(backup) if backup is not None else None
+        return found if found is not None else self.resolve(name, None)
+
     # -- changes -------------------------------------------------------------------------------
 
     async def apply(self, state: DesiredState) -> None:
@@ -139,6 +158,7 @@ class Registry:
         self.failures = {k: v for k, v in self.failures.items() if k[0] in state.models}
         for spec in state.models.values():
             await self._apply_model(spec)
+        self.traffic = dict(state.traffic)  # once the versions it names are in place
         self.revision = state.revision
 
     async def _apply_model(self, spec: ModelSpec) -> None:

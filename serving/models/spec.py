@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from serving.config import ModelConfig
+from serving.traffic.routing import TrafficPolicy
 
 
 @dataclass(frozen=True)
@@ -71,12 +72,16 @@ class DesiredState:
     models: dict[str, ModelSpec] = field(default_factory=dict)
     unloaded: frozenset[str] = frozenset()
     """Models unloaded through model control (the repository index says so)."""
+    traffic: dict[str, TrafficPolicy] = field(default_factory=dict)
+    """Per model with a traffic table: how requests that name no version split (else they go
+    to its highest ready version)."""
 
     def to_json(self) -> dict[str, Any]:
         return {
             "revision": self.revision,
             "models": [spec.to_json() for spec in self.models.values()],
             "unloaded": sorted(self.unloaded),
+            "traffic": {name: policy.to_json() for name, policy in self.traffic.items()},
         }
 
     @classmethod
@@ -86,4 +91,8 @@ class DesiredState:
             revision=int(document["revision"]),
             models={m.name: m for m in models},
             unloaded=frozenset(document.get("unloaded", ())),
+            traffic={
+                name: TrafficPolicy.from_json(policy)
+                for name, policy in document.get("traffic", {}).items()
+            },
         )

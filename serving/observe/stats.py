@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import bisect
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from serving.errors import (
@@ -345,6 +345,78 @@ class StatsWindow:
         }
 
 
+ShadowKey = tuple[str, int, int]
+"""(model, primary version, shadow version)."""
+
+
+@dataclass(slots=True)
+class ShadowStats:
+    mirrored: int = 0
+    """Copies taken."""
+    dropped: int = 0
+    """Copies dropped because the shadow was busy (or no longer served)."""
+    pairs: int = 0
+    """Copies the shadow answered, compared with the primary's answer."""
+    errors: int = 0
+    """Copies the shadow failed."""
+    rows: int = 0
+    agreed_rows: int = 0
+    """Rows whose top-1 (or exact) outputs agree; for a model without classifier-like outputs,
+    rows whose float outputs are within the tolerance."""
+    within: int = 0
+    """Pairs whose float outputs are all within the tolerance."""
+    max_abs: float = 0.0
+    max_rel: float = 0.0
+    """The largest differences seen (over the whole span: they do not subtract)."""
+    primary_ns: int = 0
+    shadow_ns: int = 0
+    """Compute time of the compared pairs, each side."""
+
+    def add(self, other: ShadowStats) -> ShadowStats:
+        for item in fields(self):
+            name = item.name
+            if name in ("max_abs", "max_rel"):
+                setattr(self, name, max(getattr(self, name), getattr(other, name)))
+            else:
+                setattr(self, name, getattr(self, name) + getattr(other, name))
+        return self
+
+    def minus(self, earlier: ShadowStats) -> ShadowStats:
+        """What happened since ``earlier``; the maxima are this one's."""
+        result = ShadowStats()
+        for item in fields(self):
+            name = item.name
+            value = getattr(self, name)
+            if name not in ("max_abs", "max_rel"):
+                value -= getattr(earlier, name)
+            setattr(result, name, value)
+        return result
+
+    def copy(self) -> ShadowStats:
+        return ShadowStats().add(self)
+
+    @property
+    def agreement(self) -> float | None:
+        return self.agreed_rows / self.rows if self.rows else None
+
+    def to_json(self) -> dict[str, Any]:
+        return {item.name: getattr(self, item.name) for item in fields(self)}
+
+    @classmethod
+    def from_json(cls, document: dict[str, Any]) -> ShadowStats:
+        return cls(**{item.name: document.get(item.name, 0) for item in fields(cls)})
+
+    def shown(self) -> dict[str, Any]:
+        """For status documents: the counts, the agreement and the mean compute difference."""
+        document = self.to_json()
+        document["agreement"] = self.agreement
+        document["within_tolerance"] = self.within / self.pairs if self.pairs else None
+        document["compute_difference_ms"] = (
+            (self.shadow_ns - self.primary_ns) / self.pairs / 1e6 if self.pairs else None
+        )
+        return document
+
+
 def merge(windows: list[StatsWindow]) -> StatsWindow:
     total = StatsWindow()
     for window in windows:
@@ -360,6 +432,8 @@ class StatsBook:
         self._windows: dict[Key, StatsWindow] = {}
         self._drift = drift or DriftSettings()
         self.samplers: dict[Key, DriftSampler] = {}
+        self.shadows: dict[ShadowKey, ShadowStats] = {}
+        """Shadow comparisons by (model, primary version, shadow version)."""
         self.loads: dict[str, list[float]] = {}
         """Seconds each session load took, by model (loads are rare: kept one by one)."""
 
@@ -380,6 +454,16 @@ class StatsBook:
             sampler = self.samplers[key] = DriftSampler(self._drift, batched=batched)
         return sampler
 
+    def shadow(self, model: str, primary: int, shadow: int) -> ShadowStats:
+        key = (model, primary, shadow)
+        stats = self.shadows.get(key)
+        if stats is None:
+            stats = self.shadows[key] = ShadowStats()
+        return stats
+
     def snapshot(self) -> dict[Key, StatsWindow]:
         """Copies of every window, safe to send elsewhere."""
         return {key: window.copy() for key, window in self._windows.items()}
+
+    def shadow_snapshot(self) -> dict[ShadowKey, ShadowStats]:
+        return {key: stats.copy() for key, stats in self.shadows.items()}

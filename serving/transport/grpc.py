@@ -16,6 +16,7 @@ from serving.protocol.proto import grpc_service_pb2 as pb
 from serving.protocol.proto import grpc_service_pb2_grpc as pb_grpc
 from serving.protocol.proto import model_config_pb2 as config_pb
 from serving.status import grpc_status
+from serving.traffic.routing import ROUTING_KEY
 
 logger = logging.getLogger(__name__)
 
@@ -133,20 +134,21 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return pb.RepositoryModelUnloadResponse()
 
     async def ModelInfer(self, request: Any, context: Any) -> pb.ModelInferResponse:
-        trace = None
+        trace = key = None
         always = self._access_log.enabled
         sent = context.invocation_metadata()
         if sent or always:
             metadata = dict(sent or ())
+            key = metadata.get(ROUTING_KEY)
             traceparent = metadata.get(TRACEPARENT)
             trace = begin_trace(traceparent, metadata.get(REQUEST_ID), always=always)
             if trace is not None and traceparent is not None:
                 context.set_trailing_metadata(((TRACEPARENT, trace.traceparent),))
         name, version = request.model_name, request.model_version or None
         with self._dataplane.observe("grpc", name, version, trace) as call:
-            target = call.target = self._dataplane.require(name, version)
+            target = call.target = self._dataplane.require(name, version, key)
             infer_request = grpc_codec.decode_request(request)
-            response = await self._dataplane.infer(infer_request, call, target)
+            response = await self._dataplane.infer(infer_request, call, target, key)
             return grpc_codec.encode_response(response)
 
     async def ModelStreamInfer(

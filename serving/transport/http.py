@@ -28,6 +28,7 @@ from serving.errors import (
 from serving.observe.logs import REQUEST_ID, TRACEPARENT, begin_trace
 from serving.protocol import rest
 from serving.status import http_status
+from serving.traffic.routing import ROUTING_KEY, VERSION_HEADER
 
 logger = logging.getLogger(__name__)
 
@@ -139,6 +140,32 @@ def build_app(
         await dataplane.unload_model(request.path_params["model"], parameters, peer=peer(request))
         return Response(status_code=200, media_type=JSON)
 
+    async def traffic(request: Request) -> Response:
+        name = request.path_params["model"]
+        if request.method == "GET":
+            return _json(await dataplane.traffic.show(name))
+        document = _optional_json(await _read_body(request, ADMIN_BODY_BYTES), "traffic")
+        return _json(await dataplane.traffic.set(name, document, peer=peer(request)))
+
+    async def rollout(request: Request) -> Response:
+        name = request.path_params["model"]
+        if request.method == "GET":
+            document = await dataplane.traffic.rollout(name)
+            # ?check=1: a plain pass/fail by status code, for webhooks (Flagger) that gate on it
+            unhealthy = request.query_params.get("check") and not document["healthy"]
+            return _json(document, 503 if unhealthy else 200)
+        document = _optional_json(await _read_body(request, ADMIN_BODY_BYTES), "rollout")
+        return _json(await dataplane.traffic.start_rollout(name, document, peer=peer(request)))
+
+    async def rollout_action(request: Request) -> Response:
+        params = request.path_params
+        await _read_body(request, ADMIN_BODY_BYTES)
+        return _json(
+            await dataplane.traffic.rollout_action(
+                params["model"], params["action"], peer=peer(request)
+            )
+        )
+
     access_log = dataplane.access_log
 
     async def infer(request: Request) -> Response:
@@ -148,8 +175,9 @@ def build_app(
         trace = begin_trace(
             headers.get(TRACEPARENT), headers.get(REQUEST_ID), always=access_log.enabled
         )
+        key = headers.get(ROUTING_KEY)
         with dataplane.observe("http", name, version, trace) as call:
-            target = call.target = dataplane.require(name, version)
+            target = call.target = dataplane.require(name, version, key)
             body = await _read_body(request, max_request_bytes)
             header = headers.get(rest.HEADER_LENGTH)
             header_length = None
@@ -167,15 +195,15 @@ def build_app(
             # tasks.
             if target.scheduler.would_queue:
                 response = await _unless_disconnected(
-                    request, dataplane.infer(infer_request, call, target)
+                    request, dataplane.infer(infer_request, call, target, key)
                 )
                 if response is None:
                     call.status = CLIENT_CLOSED
                     return Response(status_code=CLIENT_CLOSED)
             else:
-                response = await dataplane.infer(infer_request, call, target)
+                response = await dataplane.infer(infer_request, call, target, key)
             payload, json_length = rest.encode_response(response, infer_request)
-        extra = dict(served)
+        extra = {VERSION_HEADER: response.model_version, **served}
         if trace is not None:
             extra[TRACEPARENT] = trace.traceparent
         if json_length is None:
@@ -215,6 +243,9 @@ def build_app(
         Route("/v2/repository/index", repository_index, methods=["POST"]),
         Route(repository + "/load", load, methods=["POST"]),
         Route(repository + "/unload", unload, methods=["POST"]),
+        Route(model + "/traffic", traffic, methods=["GET", "POST"]),
+        Route(model + "/rollout", rollout, methods=["GET", "POST"]),
+        Route(model + "/rollout/{action}", rollout_action, methods=["POST"]),
     ]
     for prefix in (model, versioned):
         routes += [

@@ -20,7 +20,8 @@ from serving.config import ModelControlMode
 from serving.control.channel import LocalChannel
 from serving.control.controller import Controller, ControlSettings
 from serving.control.follower import Follower
-from serving.dataplane import DataPlane, is_loopback
+from serving.dataplane import DataPlane
+from serving.security.admin import is_loopback
 from serving.errors import PermissionDeniedError
 from serving.models.execution import Workers
 from serving.models.registry import Registry
