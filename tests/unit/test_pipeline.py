@@ -21,11 +21,11 @@ from serving.control.channel import LocalChannel
 from serving.control.controller import Controller, ControlSettings
 from serving.control.follower import Follower
 from serving.dataplane import DataPlane
-from serving.security.admin import is_loopback
 from serving.errors import PermissionDeniedError
 from serving.models.execution import Workers
 from serving.models.registry import Registry
 from serving.protocol.proto import grpc_service_pb2 as pb
+from serving.security.admin import is_loopback
 from serving.transport.grpc import InferenceServicer, peer_host
 from serving.transport.http import build_app
 from tests.unit.fakes import FakeFiles, write_model
