@@ -23,6 +23,7 @@ from serving.errors import ServingError
 from serving.models.spec import DesiredState
 from serving.observe.stats import Key, StatsWindow
 from serving.traffic.rollout import Plan
+from serving.traffic.routing import TrafficChange
 
 logger = logging.getLogger(__name__)
 
@@ -126,8 +127,8 @@ class ControllerActor:
     async def traffic(self, name: str) -> dict[str, Any]:
         return (await self._started()).desk.traffic(name)
 
-    async def set_traffic(self, *args: Any) -> dict[str, Any]:
-        return await (await self._started()).desk.set_traffic(*args)
+    async def set_traffic(self, name: str, change: TrafficChange) -> dict[str, Any]:
+        return await (await self._started()).desk.set_traffic(name, change)
 
     async def start_rollout(self, plan: Plan, evaluation: dict[str, Any] | None) -> dict[str, Any]:
         return await (await self._started()).desk.start(plan, evaluation)
@@ -230,18 +231,8 @@ class RayChannel:
         document: dict[str, Any] = await self._call("traffic", name)
         return document
 
-    async def set_traffic(
-        self,
-        name: str,
-        weights: dict[int, float],
-        shadow: int | None,
-        fraction: float,
-        atol: float,
-        rtol: float,
-    ) -> dict[str, Any]:
-        document: dict[str, Any] = await self._call(
-            "set_traffic", name, weights, shadow, fraction, atol, rtol
-        )
+    async def set_traffic(self, name: str, change: TrafficChange) -> dict[str, Any]:
+        document: dict[str, Any] = await self._call("set_traffic", name, change)
         return document
 
     async def start_rollout(self, plan: Plan, evaluation: dict[str, Any] | None) -> dict[str, Any]:

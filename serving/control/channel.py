@@ -17,6 +17,7 @@ from serving.observe.drift import Counts, Profile, Raw
 from serving.observe.metrics import DriftGauge
 from serving.observe.stats import Key, ShadowKey, ShadowStats, StatsWindow
 from serving.traffic.rollout import Plan
+from serving.traffic.routing import TrafficChange
 
 CONTROL_TIMEOUT_S = 10.0
 """Reads that need the controller (statistics, the index) give up after this long."""
@@ -86,15 +87,7 @@ class ControlChannel(Protocol):
 
     async def traffic(self, name: str) -> dict[str, Any]: ...
 
-    async def set_traffic(
-        self,
-        name: str,
-        weights: dict[int, float],
-        shadow: int | None,
-        fraction: float,
-        atol: float,
-        rtol: float,
-    ) -> dict[str, Any]: ...
+    async def set_traffic(self, name: str, change: TrafficChange) -> dict[str, Any]: ...
 
     async def start_rollout(
         self, plan: Plan, evaluation: dict[str, Any] | None
@@ -147,16 +140,8 @@ class LocalChannel:
     async def traffic(self, name: str) -> dict[str, Any]:
         return self.controller.desk.traffic(name)
 
-    async def set_traffic(
-        self,
-        name: str,
-        weights: dict[int, float],
-        shadow: int | None,
-        fraction: float,
-        atol: float,
-        rtol: float,
-    ) -> dict[str, Any]:
-        return await self.controller.desk.set_traffic(name, weights, shadow, fraction, atol, rtol)
+    async def set_traffic(self, name: str, change: TrafficChange) -> dict[str, Any]:
+        return await self.controller.desk.set_traffic(name, change)
 
     async def start_rollout(self, plan: Plan, evaluation: dict[str, Any] | None) -> dict[str, Any]:
         return await self.controller.desk.start(plan, evaluation)

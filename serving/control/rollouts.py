@@ -27,7 +27,7 @@ from serving.errors import ConflictError, InvalidInputError, ModelNotFoundError,
 from serving.models.spec import ModelSpec
 from serving.observe.stats import ShadowStats, StatsWindow
 from serving.traffic.rollout import Evidence, Plan, Rollout
-from serving.traffic.routing import TrafficPolicy, shares
+from serving.traffic.routing import TrafficChange, TrafficPolicy, shares
 
 if TYPE_CHECKING:
     from serving.control.channel import ReplicaReport
@@ -234,15 +234,7 @@ class RolloutDesk:
             "shadow_statistics": self.shadow_totals(name, self._controller.reports()),
         }
 
-    async def set_traffic(
-        self,
-        name: str,
-        weights: dict[int, float],
-        shadow: int | None,
-        fraction: float,
-        atol: float,
-        rtol: float,
-    ) -> dict[str, Any]:
+    async def set_traffic(self, name: str, change: TrafficChange) -> dict[str, Any]:
         spec = self._served(name)
         rollout = self.rollouts.get(name)
         if rollout is not None and rollout.active:
@@ -250,6 +242,7 @@ class RolloutDesk:
                 f"the rollout of {name} ({rollout.plan.stable} -> {rollout.plan.canary}) sets "
                 "its traffic: promote or abort it first"
             )
+        weights, shadow = change.weights, change.shadow
         self._loaded(spec, [*weights, *([shadow] if shadow is not None else [])])
         try:
             split = shares(weights)
@@ -262,9 +255,9 @@ class RolloutDesk:
                 weights=split,
                 salt=current.salt if current is not None else secrets.token_hex(8),
                 shadow=shadow,
-                shadow_fraction=fraction if shadow is not None else 0.0,
-                atol=atol,
-                rtol=rtol,
+                shadow_fraction=change.fraction if shadow is not None else 0.0,
+                atol=change.atol,
+                rtol=change.rtol,
                 rollbacks=self.rollbacks.get(name, 0),
             )
         revision = await self._controller.commit_traffic({name: policy})

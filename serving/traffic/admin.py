@@ -17,6 +17,7 @@ from serving.models.version import ModelVersion
 from serving.security.admin import require_admin
 from serving.traffic.api import RolloutBody, TrafficBody, parse
 from serving.traffic.rollout import Plan
+from serving.traffic.routing import TrafficChange
 
 ACTIONS = ("promote", "pause", "resume", "abort")
 
@@ -38,9 +39,8 @@ class TrafficAdmin:
         weights = {_version(v, "weights"): w for v, w in body.weights.items()}
         shadow = None if body.shadow is None else _version(body.shadow.version, "shadow")
         fraction = body.shadow.fraction if body.shadow is not None else 0.0
-        result: dict[str, Any] = await self._control.set_traffic(
-            name, weights, shadow, fraction, body.atol, body.rtol
-        )
+        change = TrafficChange(weights, shadow, fraction, body.atol, body.rtol)
+        result: dict[str, Any] = await self._control.set_traffic(name, change)
         return result
 
     async def start_rollout(

@@ -31,9 +31,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from scipy.special import betaincc, betaln
-
-from serving.observe.stats import LATENCY_BUCKETS_S, Histogram, ShadowStats, StatsWindow
+from serving.observe.stats import Histogram, ShadowStats, StatsWindow
+from serving.traffic.gates import log_evidence, ms, p99, rate, server_errors, slower_than
 from serving.traffic.routing import TrafficPolicy
 
 Step = int | Literal["shadow"]
@@ -156,60 +155,6 @@ class Decision:
     evidence: dict[str, Any] = field(default_factory=dict)
 
 
-# -- the statistics ------------------------------------------------------------------------------
-
-
-def log_evidence(failures: int, successes: int, p0: float) -> float:
-    """log of the mixture likelihood ratio for "failure rate above ``p0``" (uniform prior on
-    (p0, 1)) against "failure rate ``p0``"."""
-    if failures + successes == 0:
-        return 0.0
-    f, s = failures + 1, successes + 1
-    upper = betaincc(f, s, p0)  # the prior's mass above p0, under the likelihood
-    if upper <= 0.0:
-        return -math.inf
-    mixture = float(betaln(f, s)) + math.log(upper) - math.log1p(-p0)
-    return mixture - failures * math.log(p0) - successes * math.log1p(-p0)
-
-
-def server_errors(window: StatsWindow) -> tuple[int, int]:
-    """(failed on the server's side, answered): 5xx answers, against every answer that was
-    not the client's fault (4xx, a client that left)."""
-    failed = answered = 0
-    for (_, status), count in window.answers.items():
-        if status >= 500:
-            failed += count
-            answered += count
-        elif status < 400:
-            answered += count
-    return failed, answered
-
-
-def slower_than(window: StatsWindow, bound_s: float) -> int:
-    """Successful requests surely slower than ``bound_s``: those in histogram buckets whose
-    lower edge is at or above it."""
-    slow = 0
-    lower = 0.0
-    for index, count in enumerate(window.latency):
-        if lower >= bound_s:
-            slow += count
-        if index < len(LATENCY_BUCKETS_S):
-            lower = LATENCY_BUCKETS_S[index]
-    return slow
-
-
-def _p99(window: StatsWindow) -> float | None:
-    return Histogram(list(window.latency)).quantile(0.99)
-
-
-def _rate(failed: int, answered: int) -> float | None:
-    return failed / answered if answered else None
-
-
-def _ms(seconds: float | None) -> float | None:
-    return None if seconds is None else round(seconds * 1000, 3)
-
-
 # -- the state machine ---------------------------------------------------------------------------
 
 
@@ -293,19 +238,19 @@ class Rollout:
         in_step = totals.minus(self.step_baseline)
         threshold = math.log(1 / gates.error_alpha)
         stable_failed, stable_answered = server_errors(since.stable)
-        stable_rate = _rate(stable_failed, stable_answered) or 0.0
+        stable_rate = rate(stable_failed, stable_answered) or 0.0
         p0 = min(0.5, max(gates.error_floor, gates.error_tolerance * stable_rate))
         failed, answered = server_errors(since.canary)
         evidence: dict[str, Any] = {
             "canary": {
                 "requests": answered,
                 "errors": failed,
-                "p99_ms": _ms(_p99(since.canary)),
+                "p99_ms": ms(p99(since.canary)),
             },
             "stable": {
                 "requests": stable_answered,
                 "errors": stable_failed,
-                "p99_ms": _ms(_p99(since.stable)),
+                "p99_ms": ms(p99(since.stable)),
             },
             "error_p0": p0,
             "threshold": round(threshold, 3),
@@ -366,13 +311,13 @@ class Rollout:
         if answered < gates.latency_min_samples:
             return None
         stable_p99 = (
-            _p99(since.stable) if sum(since.stable.latency) >= gates.latency_min_samples else None
+            p99(since.stable) if sum(since.stable.latency) >= gates.latency_min_samples else None
         )
         bound = max(gates.latency_floor_ms / 1000, gates.latency_ratio * (stable_p99 or 0.0))
         slow = slower_than(since.canary, bound)
         score = log_evidence(slow, answered - slow, 0.01)
         evidence["latency"] = {
-            "bound_ms": _ms(bound),
+            "bound_ms": ms(bound),
             "slower": slow,
             "of": answered,
             "evidence": round(score, 3),
@@ -382,8 +327,8 @@ class Rollout:
         return Decision(
             "rollback",
             f"latency: {slow} of {answered} requests to version {self.plan.canary} took more "
-            f"than {bound * 1000:.1f} ms (p99 {_ms(_p99(since.canary))} ms; stable p99 "
-            f"{_ms(stable_p99)} ms)",
+            f"than {bound * 1000:.1f} ms (p99 {ms(p99(since.canary))} ms; stable p99 "
+            f"{ms(stable_p99)} ms)",
             evidence,
         )
 
@@ -504,9 +449,9 @@ class Rollout:
                 "version": str(version),
                 "requests": answered,
                 "errors": failed,
-                "error_rate": _rate(failed, answered),
-                "p50_ms": _ms(Histogram(list(window.latency)).quantile(0.5)),
-                "p99_ms": _ms(_p99(window)),
+                "error_rate": rate(failed, answered),
+                "p50_ms": ms(Histogram(list(window.latency)).quantile(0.5)),
+                "p99_ms": ms(p99(window)),
             }
         healthy = self.status != "rolled_back" and self.status != "aborted"
         return {

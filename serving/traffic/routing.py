@@ -101,6 +101,18 @@ class TrafficPolicy:
         }
 
 
+@dataclass(frozen=True)
+class TrafficChange:
+    """A traffic table as set by hand: weights by version (any positive numbers), an optional
+    shadow with the fraction it gets, and the tolerance its comparisons use."""
+
+    weights: dict[int, float]
+    shadow: int | None = None
+    fraction: float = 0.0
+    atol: float = 1e-4
+    rtol: float = 1e-3
+
+
 def bucket(salt: str, key: str) -> float:
     """Where ``key`` falls in [0, 1) under ``salt``: the first 64 bits of BLAKE2b over both."""
     digest = hashlib.blake2b(
