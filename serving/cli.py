@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from serving.config import ServerConfig
+from serving.traffic.cli import call, rollout_app, traffic_app
 
 if TYPE_CHECKING:
     from serving.models.spec import DesiredState
@@ -24,6 +25,8 @@ if TYPE_CHECKING:
 APP_NAME = "serving"
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+app.add_typer(traffic_app, name="traffic")
+app.add_typer(rollout_app, name="rollout")
 console = Console()
 
 
@@ -201,15 +204,26 @@ def _print_banner(config: ServerConfig, sizing: str, state: DesiredState) -> Non
 @app.command()
 def validate(
     repository: Path = typer.Argument(..., help="Model repository to check."),
+    baseline: str | None = typer.Option(
+        None,
+        help="MODEL:VERSION: also run the offline accuracy gate on MODEL/evaluation.npz, the "
+        "candidate against this version.",
+    ),
+    candidate: int | None = typer.Option(
+        None, help="With --baseline: the candidate version (default: the highest other one)."
+    ),
+    margin: float = typer.Option(
+        0.02, help="With --baseline: accuracy the candidate must gain (0.02 = 2 points)."
+    ),
 ) -> None:
-    """Load every model, run a sample inference, and exit non-zero on any problem."""
+    """Load every model, run a sample inference, and exit non-zero on any problem (and, with
+    --baseline, when the candidate does not beat the baseline by the margin)."""
     _configure_logging("error")
     from serving.models.loader import LoadError, load_version
     from serving.models.repository import scan, sha256_of
-    from serving.models.runtimes.onnx import ONNXRuntime, SessionOptions
+    from serving.models.runtimes.onnx import open_offline
     from serving.observe.drift import PROFILE_FILE
 
-    options = SessionOptions()
     try:
         sources = scan(repository)
     except FileNotFoundError as error:
@@ -227,14 +241,7 @@ def validate(
             shown = str(found.path.relative_to(repository))
             sha = sha256_of(found.path)[:12] if found.path.is_file() else ""
             try:
-                loaded = load_version(
-                    found.path,
-                    source.config,
-                    lambda path, cfg: ONNXRuntime(
-                        path, providers=cfg.execution_providers, options=options
-                    ),
-                    shown=shown,
-                )
+                loaded = load_version(found.path, source.config, open_offline, shown=shown)
             except LoadError as error:
                 problems += 1
                 state, reason = "[red]UNAVAILABLE[/]", error.reason
@@ -249,6 +256,60 @@ def validate(
         console.print(f"[red]{problems} problem(s) found[/]")
         raise typer.Exit(1)
     console.print("[green]all models loaded and answered a sample inference[/]")
+    if baseline is not None:
+        _offline_gate(repository, baseline, candidate, margin)
+
+
+def _offline_gate(repository: Path, baseline: str, candidate: int | None, margin: float) -> None:
+    """The rollout's offline accuracy gate, on the repository's files: exit 1 unless the
+    candidate beats the baseline by ``margin``."""
+    from serving.models.evaluation import accuracy, gate, read_evaluation, run_sync
+    from serving.models.loader import LoadError, load_version
+    from serving.models.repository import scan_model
+    from serving.models.runtimes.onnx import open_offline
+
+    model, _, version_text = baseline.partition(":")
+    if not version_text.isascii() or not version_text.isdigit():
+        raise typer.BadParameter(f"expected MODEL:VERSION, got '{baseline}'")
+    stable = int(version_text)
+    source = scan_model(repository / model)
+    found = {v.version: v for v in source.versions}
+    if candidate is None:
+        others = sorted(v for v in found if v != stable)
+        candidate = others[-1] if others else None
+    missing = [v for v in (stable, candidate) if v is None or v not in found]
+    if missing or candidate is None:
+        shown = ", ".join(str(v) for v in sorted(found)) or "none"
+        console.print(f"[red]{model} needs versions {stable} and a candidate (found: {shown})[/]")
+        raise typer.Exit(2)
+    scores = {}
+    for version in (stable, candidate):
+        try:
+            loaded = load_version(
+                found[version].path, source.config, open_offline, shown=f"{model}/{version}"
+            )
+        except LoadError as error:
+            console.print(f"[red]{error.reason}[/]")
+            raise typer.Exit(2) from None
+        try:
+            evaluation = read_evaluation(source.directory, loaded.signature)
+            outputs = run_sync(loaded.runtime.infer, evaluation, loaded.signature)
+            scores[version] = accuracy(outputs, evaluation, loaded.signature)
+        except (FileNotFoundError, ValueError) as error:
+            console.print(f"[red]{model} version {version}: {error}[/]")
+            raise typer.Exit(2) from None
+        finally:
+            loaded.runtime.close()
+    passed = gate(scores[stable], scores[candidate], margin)
+    verdict = "[green]passes[/]" if passed else "[red]fails[/]"
+    console.print(
+        f"offline gate on {model}/{evaluation.path.name} ({evaluation.rows} rows): candidate "
+        f"version {candidate} {scores[candidate]:.2%}, baseline version {stable} "
+        f"{scores[stable]:.2%}, margin {margin * 100:.1f} points: {verdict}",
+        highlight=False,
+    )
+    if not passed:
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -277,20 +338,6 @@ def profile(
         )
 
 
-def _get(url: str, path: str) -> Any:
-    import httpx
-
-    try:
-        response = httpx.get(f"http://{url}{path}", timeout=15)
-    except httpx.HTTPError as error:
-        console.print(f"[red]cannot reach the server at {url}: {error}[/]")
-        raise typer.Exit(2) from None
-    if response.status_code != 200:
-        console.print(f"[red]{response.json().get('error', response.text)}[/]")
-        raise typer.Exit(1)
-    return response.json()
-
-
 @app.command()
 def drift(
     model: str = typer.Argument(..., help="The model."),
@@ -299,7 +346,7 @@ def drift(
 ) -> None:
     """Show drift detection for a model: its reference, what was sampled, the latest window."""
     path = f"/v2/models/{model}" + (f"/versions/{version}" if version else "") + "/drift"
-    document = _get(url, path)
+    document = call(url, path)
     for row in document["versions"]:
         console.print(render_drift(model, row))
 
@@ -342,17 +389,17 @@ def top(
     from serving.observe.top import TopView
 
     view = TopView()
-    view.update(_get(url, "/v2/-/summary"), time.monotonic())
+    view.update(call(url, "/v2/-/summary"), time.monotonic())
     if once:
         time.sleep(interval)
-        view.update(_get(url, "/v2/-/summary"), time.monotonic())
+        view.update(call(url, "/v2/-/summary"), time.monotonic())
         console.print(view.table())
         return
     with Live(view.table(), console=console, refresh_per_second=4) as live:
         try:
             while True:
                 time.sleep(interval)
-                view.update(_get(url, "/v2/-/summary"), time.monotonic())
+                view.update(call(url, "/v2/-/summary"), time.monotonic())
                 live.update(view.table())
         except KeyboardInterrupt:
             pass

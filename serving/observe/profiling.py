@@ -11,11 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from serving.config import ModelConfig
 from serving.models.evaluation import read_evaluation, run_sync
 from serving.models.loader import load_version
 from serving.models.repository import scan_model
-from serving.models.runtimes.base import Runtime
+from serving.models.runtimes.onnx import open_offline
 from serving.observe.drift import PROFILE_FILE, Profile
 
 
@@ -25,12 +24,6 @@ class Profiled:
     path: Path
     rows: int
     features: int
-
-
-def _open(path: Path, config: ModelConfig) -> Runtime:
-    from serving.models.runtimes.onnx import ONNXRuntime, SessionOptions
-
-    return ONNXRuntime(path, providers=config.execution_providers, options=SessionOptions())
 
 
 def profile_model(directory: Path, versions: list[int] | None = None) -> list[Profiled]:
@@ -44,7 +37,7 @@ def profile_model(directory: Path, versions: list[int] | None = None) -> list[Pr
         if versions and found.version not in versions:
             continue
         shown = f"{source.name}/{found.version}"
-        loaded = load_version(found.path, source.config, _open, shown=shown)
+        loaded = load_version(found.path, source.config, open_offline, shown=shown)
         try:
             signature = loaded.signature
             evaluation = read_evaluation(source.directory, signature)

@@ -437,7 +437,9 @@ class Rollout:
         """The status document: plan, step, weights, per-version statistics since the start,
         the last decision and why, and a plain verdict."""
         plan = self.plan
-        since = totals.minus(self.baseline)
+        # A restarted controller's totals are not comparable with the saved baseline until
+        # its replicas have reported in: nothing is shown as counted until then.
+        since = Evidence() if self.rebase_pending else totals.minus(self.baseline)
         traffic = self.traffic(rollbacks).shown()
         versions = {}
         for role, version, window in (
@@ -475,6 +477,7 @@ class Rollout:
             "outcome": self.outcome,
             "evaluation": self.evaluation,
             "history": self.history,
+            "counting": not self.rebase_pending,
         }
 
 

@@ -21,9 +21,9 @@ import tritonclient.grpc as grpcclient
 from serving.transport.servers import reserve_port
 
 
-def run_validate(repository: Path) -> subprocess.CompletedProcess[str]:
+def run_validate(repository: Path, *options: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "serving.cli", "validate", str(repository)],
+        [sys.executable, "-m", "serving.cli", "validate", str(repository), *options],
         capture_output=True,
         text=True,
         timeout=120,
@@ -36,6 +36,18 @@ def test_validate_passes_on_the_demo(demo_repository: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert "all models loaded and answered a sample inference" in result.stdout
     assert "digits" in result.stdout
+
+
+def test_validate_runs_the_offline_gate(demo_repository: Path) -> None:
+    passed = run_validate(demo_repository, "--baseline", "digits:1")
+    assert passed.returncode == 0, passed.stdout + passed.stderr
+    assert "candidate version 2" in passed.stdout and "passes" in passed.stdout
+    failed = run_validate(demo_repository, "--baseline", "digits:2", "--candidate", "1")
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    line = failed.stdout[failed.stdout.index("offline gate") :]
+    assert line.count("%") == 2 and "fails" in line, line
+    strict = run_validate(demo_repository, "--baseline", "digits:1", "--margin", "0.5")
+    assert strict.returncode == 1 and "margin 50.0 points" in strict.stdout
 
 
 def test_validate_fails_on_a_corrupt_model(demo_repository: Path, tmp_path: Path) -> None:

@@ -176,6 +176,14 @@ def test_rollout_round_trips_through_json() -> None:
     again = Rollout.from_json(rollout.to_json(), now=50.0)
     assert (again.step, again.salt, again.traffic()) == (rollout.step, "abc", rollout.traffic())
     assert again.rebase_pending
+    # Until rebased, nothing counts: fewer replicas have reported than the baseline holds.
+    pending = again.shown(50.0, Evidence())
+    assert not pending["counting"] and pending["versions"]["canary"]["requests"] == 0
+    assert again.decide(51.0, Evidence()).action == "hold"
+    again.rebase(52.0, Evidence(window(40), window(40)))
+    shown = again.shown(53.0, Evidence(window(45), window(44)))
+    assert shown["counting"] and shown["versions"]["canary"]["requests"] == 5
+    assert shown["step"] == rollout.step + 1 and shown["salt"] == "abc"
 
 
 def test_compare_classifier_and_values() -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from serving.config import ModelConfig
 from serving.errors import InvalidInputError
 from serving.models.runtimes.base import GraphTensor
 from serving.protocol.datatypes import from_ort
@@ -110,3 +111,9 @@ def _as_text(name: str, array: np.ndarray) -> np.ndarray:
         else:
             text[index] = str(item)
     return text.reshape(array.shape)
+
+
+def open_offline(path: Path, config: ModelConfig) -> ONNXRuntime:
+    """A session with default options, for work outside a server (validating, profiling,
+    scoring a version on its evaluation set)."""
+    return ONNXRuntime(path, providers=config.execution_providers, options=SessionOptions())
