@@ -98,6 +98,7 @@ class Replica:
                 self.snapshot,
                 triton_aliases=config.metrics_triton,
                 drift=lambda: self.follower.drift,
+                traffic=lambda: self.registry.traffic,
             )
         self.listeners = Listeners(
             config, self.dataplane, served_by=served_by, metrics=self.metrics
@@ -116,6 +117,7 @@ class Replica:
             queued={key: queued for key, (_, queued) in gauges.items()},
             loaded=list(gauges),
             loads={model: list(seconds) for model, seconds in registry.book.loads.items()},
+            shadow=registry.book.shadow_snapshot(),
         )
 
     async def start(self) -> None:

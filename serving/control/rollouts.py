@@ -45,7 +45,8 @@ class RolloutDesk:
         self._controller = controller
         self._clock = controller.clock
         self.rollouts: dict[str, Rollout] = {}
-        self.rollbacks: dict[str, int] = {}
+        self.rollbacks: dict[str, dict[int, int]] = {}
+        """By model: canary version → its rollouts that were rolled back."""
         self.retired: dict[str, set[int]] = {}
         """Versions dropped after a promotion, by model: planning leaves them out until the
         model is loaded again by hand."""
@@ -70,7 +71,9 @@ class RolloutDesk:
     def to_json(self) -> dict[str, Any]:
         return {
             "rollouts": {name: r.to_json() for name, r in self.rollouts.items()},
-            "rollbacks": dict(self.rollbacks),
+            "rollbacks": {
+                name: {str(v): n for v, n in c.items()} for name, c in self.rollbacks.items()
+            },
             "retired": {name: sorted(v) for name, v in self.retired.items()},
         }
 
@@ -81,7 +84,11 @@ class RolloutDesk:
         self.rollouts = {
             name: Rollout.from_json(saved, now) for name, saved in document["rollouts"].items()
         }
-        self.rollbacks = {name: int(n) for name, n in document.get("rollbacks", {}).items()}
+        self.rollbacks = {
+            name: {int(v): int(n) for v, n in counts.items()}
+            for name, counts in document.get("rollbacks", {}).items()
+            if isinstance(counts, dict)
+        }
         self.retired = {name: set(v) for name, v in document.get("retired", {}).items()}
         for name, rollout in self.rollouts.items():
             if rollout.active:
@@ -174,7 +181,8 @@ class RolloutDesk:
             if not rollout.apply(decision, now, totals):
                 continue
             if decision.action == "rollback":
-                self.rollbacks[name] = self.rollbacks.get(name, 0) + 1
+                counts = self.rollbacks.setdefault(name, {})
+                counts[rollout.plan.canary] = counts.get(rollout.plan.canary, 0) + 1
                 logger.warning("rollout of %s rolled back: %s", name, decision.reason)
             else:
                 logger.info("rollout of %s: %s", name, decision.reason)
@@ -183,7 +191,10 @@ class RolloutDesk:
                 self._after_promotion(rollout)
 
     def _policy(self, name: str) -> TrafficPolicy:
-        return self.rollouts[name].traffic(self.rollbacks.get(name, 0))
+        return self.rollouts[name].traffic(self._rollbacks(name))
+
+    def _rollbacks(self, name: str) -> tuple[tuple[int, int], ...]:
+        return tuple(sorted(self.rollbacks.get(name, {}).items()))
 
     def _after_promotion(self, rollout: Rollout) -> None:
         if rollout.plan.keep_previous:
@@ -258,7 +269,7 @@ class RolloutDesk:
                 shadow_fraction=change.fraction if shadow is not None else 0.0,
                 atol=change.atol,
                 rtol=change.rtol,
-                rollbacks=self.rollbacks.get(name, 0),
+                rollbacks=self._rollbacks(name),
             )
         revision = await self._controller.commit_traffic({name: policy})
         await self._controller.until_applied(revision)
@@ -293,7 +304,7 @@ class RolloutDesk:
         if rollout is None:
             raise NotFoundError(f"{name} has no rollout")
         totals = self.evidence(rollout.plan, self._controller.reports())
-        return rollout.shown(self._clock.now(), totals, self.rollbacks.get(name, 0))
+        return rollout.shown(self._clock.now(), totals, self._rollbacks(name))
 
     async def act(self, name: str, action: str) -> dict[str, Any]:
         rollout = self.rollouts.get(name)

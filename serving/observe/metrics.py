@@ -28,7 +28,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from serving.observe.stats import LATENCY_BUCKETS_S, Key, StatsWindow
+from serving.observe.stats import LATENCY_BUCKETS_S, Key, ShadowKey, ShadowStats, StatsWindow
 
 Kind = Literal["counter", "gauge", "histogram"]
 
@@ -139,10 +139,26 @@ METRICS = _define(
         "Rows sampled for drift scoring.", MODEL_VERSION,
     ),
     Definition(
+        "serving_traffic_weight", "gauge",
+        "Share (0-1) of the model's unversioned requests its traffic table sends to the "
+        "version (no samples for a model without a table).", MODEL_VERSION,
+    ),
+    Definition(
         "serving_rollout_rollbacks", "counter",
-        "Progressive rollouts of a version that were rolled back (recorded by the rollout "
-        "controller of the canary work; no samples until a rollout runs).",
-        MODEL_VERSION,
+        "Rollouts to the version that their gates rolled back (the controller's count, which "
+        "every replica's traffic table carries).", MODEL_VERSION,
+    ),
+    Definition(
+        "serving_shadow_requests", "counter",
+        "Copies of requests to the version mirrored to its shadow, by outcome: compared (the "
+        "shadow answered), failed (it did not), dropped (it was busy).",
+        ("model", "version", "shadow_version", "outcome"),
+    ),
+    Definition(
+        "serving_shadow_rows", "counter",
+        "Rows the shadow answered, by whether its top-1 (or, for non-classifiers, every value "
+        "within tolerance) agreed with the primary's answer.",
+        ("model", "version", "shadow_version", "agreement"),
     ),
 )  # fmt: skip
 
@@ -158,6 +174,10 @@ class NodeView:
     loads: dict[str, list[float]] = field(default_factory=dict)
     ready: int = 0
     drift: list[DriftGauge] = field(default_factory=list)
+    shadow: dict[ShadowKey, ShadowStats] = field(default_factory=dict)
+    weights: dict[Key, float] = field(default_factory=dict)
+    rollbacks: dict[Key, int] = field(default_factory=dict)
+    """From the traffic tables (the same on every replica)."""
 
 
 @dataclass(frozen=True)
@@ -275,6 +295,18 @@ def families(view: NodeView) -> Iterator[Metric]:
             m["serving_drift_p_value"].add_metric([*labels, tensor], p_value)
             if math.isfinite(psi):
                 m["serving_drift_psi"].add_metric([*labels, tensor], psi)
+    for (model, number), share in sorted(view.weights.items()):
+        m["serving_traffic_weight"].add_metric([model, _version(number)], share)
+    for (model, number), count in sorted(view.rollbacks.items()):
+        m["serving_rollout_rollbacks"].add_metric([model, _version(number)], count)
+    for (model, primary, shadow), stats in sorted(view.shadow.items()):
+        labels = [model, _version(primary), _version(shadow)]
+        for outcome, count in (
+            ("compared", stats.pairs), ("failed", stats.errors), ("dropped", stats.dropped),
+        ):  # fmt: skip
+            m["serving_shadow_requests"].add_metric([*labels, outcome], count)
+        m["serving_shadow_rows"].add_metric([*labels, "agreed"], stats.agreed_rows)
+        m["serving_shadow_rows"].add_metric([*labels, "disagreed"], stats.rows - stats.agreed_rows)
     yield from m.values()
 
 

@@ -23,7 +23,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,8 @@ import orjson
 from prometheus_client import CollectorRegistry, generate_latest
 
 from serving.observe.metrics import DriftGauge, NodeCollector, NodeView
-from serving.observe.stats import Key, StatsWindow
+from serving.observe.stats import Key, ShadowKey, ShadowStats, StatsWindow
+from serving.traffic.routing import TrafficPolicy
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +58,7 @@ class ReplicaSnapshot:
     queued: dict[Key, int] = field(default_factory=dict)
     loaded: list[Key] = field(default_factory=list)
     loads: dict[str, list[float]] = field(default_factory=dict)
+    shadow: dict[ShadowKey, ShadowStats] = field(default_factory=dict)
 
     def to_json(self) -> bytes:
         return orjson.dumps(
@@ -69,6 +71,7 @@ class ReplicaSnapshot:
                 "queued": [[m, v, n] for (m, v), n in self.queued.items()],
                 "loaded": [[m, v] for m, v in self.loaded],
                 "loads": self.loads,
+                "shadow": [[*key, stats.to_json()] for key, stats in self.shadow.items()],
             }
         )
 
@@ -84,6 +87,10 @@ class ReplicaSnapshot:
             queued={(m, v): n for m, v, n in document["queued"]},
             loaded=[(m, v) for m, v in document["loaded"]],
             loads=document["loads"],
+            shadow={
+                (m, p, v): ShadowStats.from_json(stats)
+                for m, p, v, stats in document.get("shadow", [])
+            },
         )
 
 
@@ -97,12 +104,24 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def node_view(snapshots: list[ReplicaSnapshot], drift: list[DriftGauge]) -> NodeView:
-    """Add up ``snapshots``: every counter, and the gauges of replicas whose process lives."""
+def node_view(
+    snapshots: list[ReplicaSnapshot],
+    drift: list[DriftGauge],
+    traffic: Mapping[str, TrafficPolicy] | None = None,
+) -> NodeView:
+    """Add up ``snapshots``: every counter, and the gauges of replicas whose process lives;
+    the traffic tables' weights and rollback counts as given (the same on every replica)."""
     view = NodeView(drift=drift)
+    for model, policy in sorted((traffic or {}).items()):
+        for version, count in policy.rollbacks:
+            view.rollbacks[model, version] = count
+        for version, share in policy.weights:
+            view.weights[model, version] = share
     for snapshot in snapshots:
         for key, window in snapshot.windows.items():
             view.windows.setdefault(key, StatsWindow()).add(window)
+        for pair, stats in snapshot.shadow.items():
+            view.shadow.setdefault(pair, ShadowStats()).add(stats)
         for model, seconds in snapshot.loads.items():
             view.loads.setdefault(model, []).extend(seconds)
         if not _alive(snapshot.pid):
@@ -128,6 +147,7 @@ class NodeMetrics:
         *,
         triton_aliases: bool = False,
         drift: Callable[[], list[DriftGauge]] = list,
+        traffic: Callable[[], Mapping[str, TrafficPolicy]] = dict,
         flush_s: float = FLUSH_S,
     ) -> None:
         self.directory = directory
@@ -139,6 +159,8 @@ class NodeMetrics:
         self._task: asyncio.Task[None] | None = None
         self._drift = drift
         """The latest drift scores the controller gave (cluster-wide, the same on every node)."""
+        self._traffic = traffic
+        """The replica's traffic tables (the controller's, the same on every replica)."""
 
     def start(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -197,10 +219,13 @@ class NodeMetrics:
         siblings' files (read, with the text rendered, off it)."""
         own = self._snapshot()
         drift = list(self._drift())
-        return await asyncio.to_thread(self._render, own, drift)
+        traffic = dict(self._traffic())
+        return await asyncio.to_thread(self._render, own, drift, traffic)
 
-    def _render(self, own: ReplicaSnapshot, drift: list[DriftGauge]) -> bytes:
-        view = node_view([own, *self.siblings()], drift)
+    def _render(
+        self, own: ReplicaSnapshot, drift: list[DriftGauge], traffic: dict[str, TrafficPolicy]
+    ) -> bytes:
+        view = node_view([own, *self.siblings()], drift, traffic)
         registry = CollectorRegistry(auto_describe=False)
         registry.register(NodeCollector(lambda: view, triton_aliases=self._triton_aliases))
         return generate_latest(registry)

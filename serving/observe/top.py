@@ -61,6 +61,7 @@ class TopView:
             "queued": version["queued"],
             "batch": rows / executions if executions else None,
             "replicas": version["replicas"],
+            "traffic": _traffic(version.get("weight"), version.get("shadow", False)),
             "drift": shown,
         }
 
@@ -68,7 +69,7 @@ class TopView:
         window = "since start" if self._previous_at is None else "over the last refresh"
         table = Table(title=f"serving top: every replica, {window}")
         for column in ("model", "version", "req/s", "err/s", "p50 ms", "p99 ms", "in flight",
-                       "queued", "batch", "replicas", "drift"):  # fmt: skip
+                       "queued", "batch", "replicas", "traffic", "drift"):  # fmt: skip
             table.add_column(column, justify="left" if column in ("model", "drift") else "right")
         for row in self._rows:
             p99 = row["p99"]
@@ -78,7 +79,7 @@ class TopView:
             table.add_row(
                 row["model"], row["version"], _num(row["rate"]), _num(row["errors"]),
                 _ms(row["p50"]), p99_text, str(row["in_flight"]), str(row["queued"]),
-                _num(row["batch"]), str(row["replicas"]),
+                _num(row["batch"]), str(row["replicas"]), row["traffic"],
                 f"[red]{row['drift']}[/]" if row["drift"] == "DRIFT" else row["drift"],
             )  # fmt: skip
         return table
@@ -86,6 +87,13 @@ class TopView:
     @property
     def rows(self) -> list[dict[str, Any]]:
         return self._rows
+
+
+def _traffic(weight: float | None, shadow: bool) -> str:
+    """The version's share of its model's traffic table ("-" without one), and whether it
+    shadows."""
+    shown = "-" if weight is None else f"{weight:g}%"
+    return f"{shown} +shadow" if shadow else shown
 
 
 def _num(value: float | None) -> str:

@@ -200,7 +200,7 @@ class Rollout:
 
     # -- what it serves ------------------------------------------------------------------------
 
-    def traffic(self, rollbacks: int = 0) -> TrafficPolicy:
+    def traffic(self, rollbacks: tuple[tuple[int, int], ...] = ()) -> TrafficPolicy:
         """The model's traffic table in this state."""
         plan = self.plan
         canary, stable = plan.canary, plan.stable
@@ -433,7 +433,9 @@ class Rollout:
         rollout.rebase_pending = rollout.active
         return rollout
 
-    def shown(self, now: float, totals: Evidence, rollbacks: int = 0) -> dict[str, Any]:
+    def shown(
+        self, now: float, totals: Evidence, rollbacks: tuple[tuple[int, int], ...] = ()
+    ) -> dict[str, Any]:
         """The status document: plan, step, weights, per-version statistics since the start,
         the last decision and why, and a plain verdict."""
         plan = self.plan

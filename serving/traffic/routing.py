@@ -42,8 +42,8 @@ class TrafficPolicy:
     that a rollback need not wait for the next regular report."""
     rollout: str = ""
     """The state of the model's rollout, if it has one (for metrics)."""
-    rollbacks: int = 0
-    """Rollouts of this model rolled back so far (for metrics)."""
+    rollbacks: tuple[tuple[int, int], ...] = ()
+    """(canary version, times its rollouts were rolled back) so far, for metrics."""
 
     @property
     def stable(self) -> int | None:
@@ -71,7 +71,7 @@ class TrafficPolicy:
             "rtol": self.rtol,
             "watched": list(self.watched),
             "rollout": self.rollout,
-            "rollbacks": self.rollbacks,
+            "rollbacks": [list(pair) for pair in self.rollbacks],
         }
 
     @classmethod
@@ -85,7 +85,7 @@ class TrafficPolicy:
             rtol=float(document.get("rtol", 1e-3)),
             watched=tuple(int(v) for v in document.get("watched", ())),
             rollout=str(document.get("rollout", "")),
-            rollbacks=int(document.get("rollbacks", 0)),
+            rollbacks=tuple((int(v), int(n)) for v, n in document.get("rollbacks", ())),
         )
 
     def shown(self) -> dict[str, Any]:

@@ -20,6 +20,7 @@ import numpy as np
 import onnx
 import pytest
 import ray
+from prometheus_client.parser import text_string_to_metric_families
 
 from serving.control import cluster
 from serving.errors import ErrorCode
@@ -60,6 +61,16 @@ def app(
     canaries.save(slow, risky / "3" / "model.onnx")
     with running_server("rollout", repository, replicas=2) as started:
         yield started
+
+
+def scraped(app: Server) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """The node's metrics (both replicas run on this machine's one node)."""
+    text = httpx.get(f"http://{app.metrics_url}/metrics", timeout=10).text
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
 
 
 def url(app: Server, path: str) -> str:
@@ -238,6 +249,12 @@ def test_a_shadow_never_changes_a_primary_answer(app: Server) -> None:
         "agreed_rows": agreed, "within": within, "dropped": 0, "errors": 0,
     }  # fmt: skip
     assert pair["max_abs"] == pytest.approx(max(float(d.max()) for d in differences), abs=1e-6)
+    labels = (("model", "digits"), ("shadow_version", "2"), ("version", "1"))
+    metrics = scraped(app)
+    rows_agreed = metrics[("serving_shadow_rows_total", (("agreement", "agreed"), *labels))]
+    compared = metrics[("serving_shadow_requests_total", (*labels[:1], ("outcome", "compared"),
+                                                          *labels[1:]))]  # fmt: skip
+    assert (rows_agreed, compared) == (before["agreed_rows"] + agreed, before["pairs"] + 60)
 
 
 def _shadow_pair(document: dict[str, Any], primary: str, shadow: str) -> dict[str, Any]:
@@ -294,6 +311,11 @@ def test_a_failing_canary_is_rolled_back_within_two_seconds(app: Server) -> None
     kept = httpx.get(url(app, f"/v2/models/{RISKY}/versions/2/ready"))
     assert kept.status_code == 200  # kept loaded for inspection
     assert httpx.get(url(app, f"/v2/models/{RISKY}/rollout?check=1")).status_code == 503
+    metrics = scraped(app)
+    canary = (("model", RISKY), ("version", "2"))
+    assert metrics[("serving_rollout_rollbacks_total", canary)] == 1
+    assert metrics[("serving_traffic_weight", canary)] == 0.0
+    assert metrics[("serving_traffic_weight", (("model", RISKY), ("version", "1")))] == 1.0
 
 
 def test_a_slower_canary_is_rolled_back_within_ten_seconds(app: Server) -> None:
@@ -368,6 +390,7 @@ def test_a_restarted_controller_resumes_the_rollout(app: Server) -> None:
             time.sleep(0.2)
         shown = cli(app, "rollout", "status", "digits")
         print(shown.stdout)
+        top = cli(app, "top", "--once", "--interval", "0.3")
         assert routed() == keyed  # the same salt: every key stays where it was
         aborted = post(app, "/v2/models/digits/rollout/abort", {})
     for field in ("status", "step", "current_step", "weights", "salt", "steps"):
@@ -375,6 +398,9 @@ def test_a_restarted_controller_resumes_the_rollout(app: Server) -> None:
     assert after["status"] == "running" and after["weights"] == {"2": 25.0, "1": 75.0}
     assert shown.returncode == 0, shown.stdout + shown.stderr
     assert "RUNNING" in shown.stdout and "v2 25%" in shown.stdout
+    cells = [[c.strip() for c in line.split("│")[1:-1]] for line in top.stdout.splitlines()]
+    traffic_by_version = {row[1]: row[-2] for row in cells if row and row[0] == "digits"}
+    assert traffic_by_version == {"1": "75%", "2": "25%"}, top.stdout
     assert aborted["status"] == "aborted" and aborted["weights"] == {"2": 0.0, "1": 100.0}
     assert traffic.tally.failed == 0, traffic.tally.failures
 

@@ -22,7 +22,8 @@ from serving.models.scheduling.batcher import Batcher, BatcherOptions
 from serving.observe.logs import Trace, current_trace
 from serving.observe.metrics import DriftGauge
 from serving.observe.node import NodeMetrics, ReplicaSnapshot
-from serving.observe.stats import Histogram, StatsWindow
+from serving.observe.stats import Histogram, ShadowStats, StatsWindow
+from serving.traffic.routing import TrafficPolicy
 from tests.unit.test_pipeline import Stack, X, run, start
 
 
@@ -124,6 +125,34 @@ def test_a_scrape_reports_every_replica_of_the_node(tmp_path: Path) -> None:
     tensor = (("model", "m"), ("tensor", "input"), ("version", "1"))
     assert found[("serving_drift_p_value", tensor)] == 1e-6
     assert "nv_inference_request_success" not in text
+
+
+def test_traffic_weights_rollbacks_and_shadow_comparisons(tmp_path: Path) -> None:
+    """The weights and rollback counts from the answering replica's traffic tables (the same on
+    every replica); the shadow comparisons added up over the node's replicas."""
+    sibling = snapshot(os.getpid(), "sibling", recorded(1), queued=0)
+    sibling.shadow = {
+        ("m", 1, 2): ShadowStats(mirrored=4, pairs=3, errors=1, rows=6, agreed_rows=5)
+    }
+    (tmp_path / "sibling.json").write_bytes(sibling.to_json())
+    own = snapshot(os.getpid(), "own", recorded(1), queued=0)
+    own.shadow = {("m", 1, 2): ShadowStats(mirrored=3, pairs=2, dropped=1, rows=2, agreed_rows=1)}
+    table = TrafficPolicy(weights=((2, 0.0), (1, 1.0)), salt="s", rollbacks=((2, 1),))
+    metrics = NodeMetrics(tmp_path, lambda: own, traffic=lambda: {"m": table})
+    found = flat(asyncio.run(metrics.render()).decode())
+    assert found[("serving_traffic_weight", (("model", "m"), ("version", "1")))] == 1.0
+    assert found[("serving_traffic_weight", (("model", "m"), ("version", "2")))] == 0.0
+    assert found[("serving_rollout_rollbacks_total", (("model", "m"), ("version", "2")))] == 1
+    pair = (("model", "m"), ("shadow_version", "2"), ("version", "1"))
+
+    def shadow(name: str, label: str, value: str) -> float:
+        return found[(name, tuple(sorted((*pair, (label, value)))))]
+
+    assert shadow("serving_shadow_requests_total", "outcome", "compared") == 3 + 2
+    assert shadow("serving_shadow_requests_total", "outcome", "failed") == 1
+    assert shadow("serving_shadow_requests_total", "outcome", "dropped") == 1
+    assert shadow("serving_shadow_rows_total", "agreement", "agreed") == 5 + 1
+    assert shadow("serving_shadow_rows_total", "agreement", "disagreed") == 1 + 1
 
 
 def test_triton_names_on_request(tmp_path: Path) -> None:
