@@ -70,7 +70,7 @@ def render_traffic(document: dict[str, Any]) -> list[Any]:
     if shadow:
         lines.append(f"  shadow  v{shadow['version']} gets {shadow['fraction']:.0%} of requests")
     if document.get("rollout"):
-        lines.append(f"  driven by the rollout to v{document['rollout']}")
+        lines.append(f"  rollout {document['rollout']} (serving rollout status {name})")
     lines.append(f"  loaded  {', '.join('v' + v for v in document['versions'])}")
     if document["table"]:
         lines.append(f"  salt    {document['salt']}")
@@ -82,8 +82,8 @@ def render_traffic(document: dict[str, Any]) -> list[Any]:
 
 def _shadow_table(rows: list[dict[str, Any]]) -> Table:
     table = Table(title="shadow comparisons (every replica)", title_justify="left")
-    columns = ("primary", "shadow", "mirrored", "compared", "agreement", "within tolerance",
-               "dropped", "shadow errors", "compute diff ms")  # fmt: skip
+    columns = ("primary", "shadow", "mirrored", "compared", "agree", "within tol", "dropped",
+               "failed", "+compute ms")  # fmt: skip
     for column in columns:
         table.add_column(column)
     for row in rows:
