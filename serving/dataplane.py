@@ -337,7 +337,10 @@ class DataPlane:
         if target.drift is not None:
             target.drift.offer(feed, names, outcome.outputs)
         if unversioned:
-            self._shadow(target, feed, rows, names, outcome.outputs, call.infer_ns)
+            try:  # the primary answer goes out, whatever happens to its copy
+                self._shadow(target, feed, rows, names, outcome.outputs, call.infer_ns)
+            except Exception:
+                logger.exception("could not mirror a request to %s's shadow", target.model)
         types = signature.output_types
         outputs = [Tensor(n, types[n], a) for n, a in zip(names, outcome.outputs, strict=True)]
         return InferenceResponse(
@@ -360,7 +363,10 @@ class DataPlane:
             return
         if random.random() >= policy.shadow_fraction:
             return
-        shadow = self.registry.entry(target.model).versions.get(policy.shadow)
+        try:
+            shadow = self.registry.entry(target.model).versions.get(policy.shadow)
+        except ServingError:  # the model went away while this request ran
+            shadow = None
         stats = self.registry.book.shadow(target.model, target.version, policy.shadow)
         if shadow is None:
             stats.mirrored += 1

@@ -133,6 +133,10 @@ class Controller:
             saved = self._durable_store.load() if self._durable_store else None
             resumed = saved if self.settings.resume and self._matches(saved) else None
             await self._plan_start(resumed, revision_floor)
+            if any(r.rebase_pending for r in self.desk.rollouts.values()):
+                # A resumed rollout counts its evidence again from the replicas' totals once
+                # they have reported in, not from none.
+                self._gathering_until = self._clock.now() + self._liveness_s
         if self.settings.mode == "poll":
             self._poller = asyncio.create_task(self._poll_repository())
         self.desk.begin()
@@ -285,6 +289,7 @@ class Controller:
         self._require_explicit()
         async with self._lock:
             self.desk.retired.pop(name, None)  # loading by hand serves what the policy says
+            self.desk.pending_drops.pop(name, None)
             spec = await self._plan(name, override)
             current = self.state.models.get(name)
             if spec.error is not None and current is not None and current.error is None:

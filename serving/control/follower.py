@@ -143,6 +143,7 @@ class Follower:
             if answer.state is not None and answer.state.revision > self._known:
                 self._known = answer.state.revision
                 self._desired = answer.state
+                self._registry.route_by(answer.state)  # at once, even while a load runs
                 self._wanted.set()
             if answer.flush > flushing:
                 # The next poll, sent at once, carries counters taken after the request.

@@ -50,6 +50,9 @@ class RolloutDesk:
         self.retired: dict[str, set[int]] = {}
         """Versions dropped after a promotion, by model: planning leaves them out until the
         model is loaded again by hand."""
+        self.pending_drops: dict[str, int] = {}
+        """Promoted models whose old version is still to be dropped (saved, so that a restart
+        between the promotion and the drop does not leave it loaded for good)."""
         self._evidence = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
@@ -59,6 +62,8 @@ class RolloutDesk:
     def begin(self) -> None:
         """Start deciding (the controller has started)."""
         self._task = asyncio.create_task(self._loop(), name="rollouts")
+        for name, version in self.pending_drops.items():
+            self._background_drop(name, version)
 
     async def stop(self) -> None:
         for task in [self._task, *self._background]:
@@ -75,6 +80,7 @@ class RolloutDesk:
                 name: {str(v): n for v, n in c.items()} for name, c in self.rollbacks.items()
             },
             "retired": {name: sorted(v) for name, v in self.retired.items()},
+            "pending_drops": dict(self.pending_drops),
         }
 
     def restore(self, document: dict[str, Any] | None) -> None:
@@ -90,6 +96,7 @@ class RolloutDesk:
             if isinstance(counts, dict)
         }
         self.retired = {name: set(v) for name, v in document.get("retired", {}).items()}
+        self.pending_drops = {name: int(v) for name, v in document.get("pending_drops", {}).items()}
         for name, rollout in self.rollouts.items():
             if rollout.active:
                 logger.info("resuming the rollout of %s at step %d", name, rollout.step + 1)
@@ -199,18 +206,25 @@ class RolloutDesk:
     def _after_promotion(self, rollout: Rollout) -> None:
         if rollout.plan.keep_previous:
             return
-        task = asyncio.create_task(self._drop_previous(rollout.plan))
+        self.pending_drops[rollout.plan.model] = rollout.plan.stable
+        self._background_drop(rollout.plan.model, rollout.plan.stable)
+
+    def _background_drop(self, name: str, version: int) -> None:
+        task = asyncio.create_task(self._drop_previous(name, version))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def _drop_previous(self, plan: Plan) -> None:
+    async def _drop_previous(self, name: str, version: int) -> None:
         """Once every replica sends all traffic to the canary, stop serving the old version
         (the registry drains its requests before closing it)."""
         controller = self._controller
         await controller.until_applied(controller.state.revision)
-        self.retired.setdefault(plan.model, set()).add(plan.stable)
-        await controller.drop_version(plan.model, plan.stable)
-        logger.info("rollout of %s: version %d unloaded", plan.model, plan.stable)
+        if self.pending_drops.get(name) != version:
+            return  # loaded again by hand, or dropped already
+        del self.pending_drops[name]  # saved with the revision that drops it
+        self.retired.setdefault(name, set()).add(version)
+        await controller.drop_version(name, version)
+        logger.info("rollout of %s: version %d unloaded", name, version)
 
     # -- by hand -------------------------------------------------------------------------------
 

@@ -82,7 +82,8 @@ class Registry:
         self.revision = 0
         """The revision of the desired state last applied in full."""
         self.traffic: dict[str, TrafficPolicy] = {}
-        """Traffic tables of the applied state, by model."""
+        """Traffic tables by model, of the newest state received (see :meth:`route_by`)."""
+        self.routed_revision = 0
         self.failures: dict[tuple[str, int], tuple[str, str]] = {}
         """(model, version) → (sha256, reason): what this replica failed to load of the
         applied state."""
@@ -137,8 +138,8 @@ class Registry:
 
     def split(self, name: str, policy: TrafficPolicy, key: str | None, draw: float) -> ModelVersion:
         """The version ``policy`` sends a request to (by its routing ``key``, else by ``draw``);
-        a chosen version that does not serve here (yet) yields to the ready one with the largest
-        share, and a table with none ready to the model's highest ready version."""
+        a chosen version that does not serve here (yet) yields to another (:func:`fallback`),
+        and where the table leaves none, to the model's highest ready version."""
         entry = self.entry(name)
         chosen = choose(policy, key, draw)
         found = entry.versions.get(chosen) if chosen is not None else None
@@ -158,8 +159,18 @@ class Registry:
         self.failures = {k: v for k, v in self.failures.items() if k[0] in state.models}
         for spec in state.models.values():
             await self._apply_model(spec)
-        self.traffic = dict(state.traffic)  # once the versions it names are in place
+        self.route_by(state)
         self.revision = state.revision
+
+    def route_by(self, state: DesiredState) -> None:
+        """Route by ``state``'s traffic tables from now on, unless newer ones are in use. The
+        follower calls this as soon as a revision arrives, before its versions are in place
+        (loading another model can take a minute; a rollback must not wait for it): a table
+        naming a version that does not serve here yet yields to the ready version with the
+        largest share (:func:`fallback`)."""
+        if state.revision >= self.routed_revision:
+            self.traffic = dict(state.traffic)
+            self.routed_revision = state.revision
 
     async def _apply_model(self, spec: ModelSpec) -> None:
         current = self._models.get(spec.name)

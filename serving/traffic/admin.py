@@ -99,6 +99,8 @@ class TrafficAdmin:
             return {"skipped": True, "reason": "the model has no evaluation set"}
         except ValueError as error:
             raise InvalidInputError(f"offline gate: {error}") from None
+        if evaluation.labels is None:  # a set for drift profiles only
+            return {"skipped": True, "reason": f"{evaluation.path.name} has no labels"}
         scores = []
         for version in versions:
             try:

@@ -13,7 +13,7 @@ T = TypeVar("T", bound=BaseModel)
 
 
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False)
 
 
 class ShadowBody(_Body):
@@ -36,6 +36,7 @@ class GatesBody(_Body):
     error_alpha: float = Field(Gates.error_alpha, gt=0, lt=1)
     error_floor: float = Field(Gates.error_floor, gt=0, lt=1)
     error_tolerance: float = Field(Gates.error_tolerance, ge=1)
+    stable_confidence: float = Field(Gates.stable_confidence, ge=0.5, lt=1)
     latency_floor_ms: float = Field(Gates.latency_floor_ms, ge=0)
     latency_ratio: float = Field(Gates.latency_ratio, ge=1)
     latency_min_samples: int = Field(Gates.latency_min_samples, ge=1)

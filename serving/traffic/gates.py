@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 
-from scipy.special import betaincc, betaln
+from scipy.special import betaincc, betaincinv, betaln
 
 from serving.observe.stats import LATENCY_BUCKETS_S, Histogram, StatsWindow
 
@@ -21,6 +21,18 @@ def log_evidence(failures: int, successes: int, p0: float) -> float:
         return -math.inf
     mixture = float(betaln(f, s)) + math.log(upper) - math.log1p(-p0)
     return mixture - failures * math.log(p0) - successes * math.log1p(-p0)
+
+
+def rate_upper_bound(failed: int, answered: int, confidence: float) -> float:
+    """The one-sided Clopper-Pearson upper bound on a failure rate at ``confidence``: stable's
+    rate is held to this, not to its point estimate, so that a stable version that happens to
+    have answered its first requests without a failure does not make a canary failing at the
+    same rate look worse (1.0 when nothing was answered)."""
+    if answered <= 0:
+        return 1.0
+    if failed >= answered:
+        return 1.0
+    return float(betaincinv(failed + 1, answered - failed, confidence))
 
 
 def server_errors(window: StatsWindow) -> tuple[int, int]:

@@ -10,10 +10,12 @@ since the rollout started:
 - **errors**: a sequential test of the canary's server-side failure rate against stable's (a
   mixture SPRT: the likelihood ratio of "the canary fails at some rate above p0", averaged over
   a uniform prior on that rate, against "it fails at p0", with p0 the larger of a floor and
-  ``error_tolerance`` times stable's rate). Its chance of ever rolling back a canary no worse
-  than p0 is at most ``error_alpha``, however long it runs (Ville's inequality), and it needs
-  few requests for a large regression (2 failures in a row at p0 = 0.1 %) and many for a small
-  one (hundreds for 0.1 % → 1 %). The shadow's failures are tested the same way.
+  ``error_tolerance`` times the upper ``stable_confidence`` bound on stable's rate: a point
+  estimate from stable's first few dozen answers, none failed, would hold a canary failing as
+  often as stable to the floor). Its chance of ever rolling back a canary no worse than p0 is
+  at most ``error_alpha``, however long it runs (Ville's inequality), and it needs few requests
+  for a large regression (2-5 failures in a row, fewer the more stable has answered) and many
+  for a small one (hundreds for 0.1 % → 1 %). The shadow's failures are tested the same way.
 - **latency**: the canary's p99 must stay under ``max(latency_floor_ms, latency_ratio * stable
   p99)``: once it has ``latency_min_samples`` answers, the same test decides whether more than
   1 % of them are slower than that bound.
@@ -32,7 +34,15 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from serving.observe.stats import Histogram, ShadowStats, StatsWindow
-from serving.traffic.gates import log_evidence, ms, p99, rate, server_errors, slower_than
+from serving.traffic.gates import (
+    log_evidence,
+    ms,
+    p99,
+    rate,
+    rate_upper_bound,
+    server_errors,
+    slower_than,
+)
 from serving.traffic.routing import TrafficPolicy
 
 Step = int | Literal["shadow"]
@@ -50,6 +60,8 @@ class Gates:
     one failure of the canary a regression)."""
     error_tolerance: float = 1.5
     """The canary may fail this many times as often as stable before it counts as worse."""
+    stable_confidence: float = 0.99
+    """Stable's failure rate is taken as its upper confidence bound at this level."""
     latency_floor_ms: float = 100.0
     latency_ratio: float = 1.2
     latency_min_samples: int = 20
@@ -237,9 +249,10 @@ class Rollout:
         since = totals.minus(self.baseline)
         in_step = totals.minus(self.step_baseline)
         threshold = math.log(1 / gates.error_alpha)
-        stable_failed, stable_answered = server_errors(since.stable)
-        stable_rate = rate(stable_failed, stable_answered) or 0.0
-        p0 = min(0.5, max(gates.error_floor, gates.error_tolerance * stable_rate))
+        stable, reference = self._reference(since, totals)
+        stable_failed, stable_answered = server_errors(stable)
+        stable_bound = rate_upper_bound(stable_failed, stable_answered, gates.stable_confidence)
+        p0 = min(0.5, max(gates.error_floor, gates.error_tolerance * stable_bound))
         failed, answered = server_errors(since.canary)
         evidence: dict[str, Any] = {
             "canary": {
@@ -250,7 +263,8 @@ class Rollout:
             "stable": {
                 "requests": stable_answered,
                 "errors": stable_failed,
-                "p99_ms": ms(p99(since.stable)),
+                "p99_ms": ms(p99(stable)),
+                "counted": reference,
             },
             "error_p0": p0,
             "threshold": round(threshold, 3),
@@ -275,7 +289,7 @@ class Rollout:
                     f"{shadow.errors + shadow.pairs} mirrored requests",
                     evidence,
                 )
-        latency = self._latency(since, evidence)
+        latency = self._latency(since.canary, stable, evidence)
         if latency is not None:
             return latency
         if self.status == "paused":
@@ -305,16 +319,25 @@ class Rollout:
             return Decision("promote", f"{label} passed: every step passed", evidence)
         return Decision("advance", f"{label} passed", evidence)
 
-    def _latency(self, since: Evidence, evidence: dict[str, Any]) -> Decision | None:
+    def _reference(self, since: Evidence, totals: Evidence) -> tuple[StatsWindow, str]:
+        """Stable's statistics to hold the canary to: since the rollout started, or, where
+        stable has answered too few requests since (a step at 100 %, a rollout resumed by a
+        restarted controller), its totals since the replicas started (else every healthy
+        canary would meet the floors: a 0.1 % error rate, the latency floor)."""
+        if sum(since.stable.latency) >= self.plan.gates.latency_min_samples:
+            return since.stable, "since the rollout started"
+        return totals.stable, "since the replicas started"
+
+    def _latency(
+        self, canary: StatsWindow, stable: StatsWindow, evidence: dict[str, Any]
+    ) -> Decision | None:
         gates = self.plan.gates
-        answered = sum(since.canary.latency)
+        answered = sum(canary.latency)
         if answered < gates.latency_min_samples:
             return None
-        stable_p99 = (
-            p99(since.stable) if sum(since.stable.latency) >= gates.latency_min_samples else None
-        )
+        stable_p99 = p99(stable) if sum(stable.latency) >= gates.latency_min_samples else None
         bound = max(gates.latency_floor_ms / 1000, gates.latency_ratio * (stable_p99 or 0.0))
-        slow = slower_than(since.canary, bound)
+        slow = slower_than(canary, bound)
         score = log_evidence(slow, answered - slow, 0.01)
         evidence["latency"] = {
             "bound_ms": ms(bound),
@@ -327,7 +350,7 @@ class Rollout:
         return Decision(
             "rollback",
             f"latency: {slow} of {answered} requests to version {self.plan.canary} took more "
-            f"than {bound * 1000:.1f} ms (p99 {ms(p99(since.canary))} ms; stable p99 "
+            f"than {bound * 1000:.1f} ms (p99 {ms(p99(canary))} ms; stable p99 "
             f"{ms(stable_p99)} ms)",
             evidence,
         )

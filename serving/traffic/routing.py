@@ -12,7 +12,8 @@ never returned (``shadow.py``).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Container, Mapping
+import math
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -137,16 +138,24 @@ def choose(policy: TrafficPolicy, key: str | None, draw: float) -> int | None:
     return last  # rounding: shares that add up to just under 1
 
 
-def fallback(policy: TrafficPolicy, ready: Container[int]) -> int | None:
+def fallback(policy: TrafficPolicy, ready: Collection[int]) -> int | None:
     """Where a request goes when its chosen version does not serve here (still loading): the
-    ready version with the largest share, or None."""
+    ready version with the largest share; else the highest ready version the table does not
+    keep from live traffic (a version at 0 %, such as a rolled-back canary, or the shadow);
+    else None."""
     ranked = sorted(policy.weights, key=lambda item: item[1], reverse=True)
-    return next((v for v, s in ranked if s > 0.0 and v in ready), None)
+    found = next((v for v, s in ranked if s > 0.0 and v in ready), None)
+    if found is not None:
+        return found
+    kept_out = {v for v, s in policy.weights if s <= 0.0} | {policy.shadow}
+    return max((v for v in ready if v not in kept_out), default=None)
 
 
 def shares(weights: Mapping[int, float]) -> tuple[tuple[int, float], ...]:
     """Weights as set by hand (any positive numbers, e.g. percentages) as shares adding up to
     1, newest version first (so a newer version's keys are the ones below its share)."""
+    if not all(math.isfinite(w) for w in weights.values()):
+        raise ValueError("traffic weights must be finite numbers")
     if any(w < 0 for w in weights.values()):
         raise ValueError("traffic weights must not be negative")
     total = sum(weights.values())

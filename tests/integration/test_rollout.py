@@ -154,8 +154,8 @@ def test_sticky_keys_and_the_version_header(app: Server) -> None:
     try:
         seen: dict[str, set[str]] = {}
         with httpx.Client() as client:
-            for index in range(40):
-                key = f"user-{index % 8}"
+            for index in range(80):  # 40 keys: all of them on one version by chance is 2^-39
+                key = f"user-{index % 40}"
                 answer = client.post(
                     url(app, "/v2/models/digits/infer"), json=BODY, headers={"x-routing-key": key}
                 )
@@ -167,6 +167,51 @@ def test_sticky_keys_and_the_version_header(app: Server) -> None:
     finally:
         cleared = httpx.post(url(app, "/v2/models/digits/traffic"), json={})
         assert cleared.status_code == 200 and cleared.json()["table"] is False
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "named"),
+    [
+        ("/traffic", {"weights": {"1": "nan"}}, 400, "weights.1"),
+        ("/traffic", {"weights": {"1": "inf", "2": 1}}, 400, "weights.1"),
+        ("/traffic", {"weights": {"1": -1, "2": 2}}, 400, "must not be negative"),
+        ("/traffic", {"weights": {"1": 0}}, 400, "more than 0"),
+        ("/traffic", {"weights": {"one": 1}}, 400, "'weights'"),
+        ("/traffic", {"weight": {"1": 1}}, 400, "weight: Extra inputs"),
+        ("/traffic", {"weights": {"9": 1}}, 400, "version 9 of digits is not loaded"),
+        ("/traffic", {"shadow": {"version": "2", "fraction": 2}}, 400, "shadow.fraction"),
+        ("/traffic", [1, 2], 400, "traffic"),
+        ("/rollout", {"version": "2", "from": "1", "steps": [5, 50]}, 400, "last step must be 100"),
+        ("/rollout", {"version": "2", "from": "1", "steps": [50, "shadow", 100]}, 400, "shadow"),
+        ("/rollout", {"version": "2", "from": "2"}, 400, "another version"),
+        ("/rollout", {"version": "2", "from": "1", "gates": {"error_alpha": 2}}, 400,
+         "gates.error_alpha"),
+        ("/rollout", {"version": "7", "from": "1"}, 404, "7"),
+        ("/rollout", {"from": "1"}, 400, "version: Field required"),
+        ("/rollout/explode", {}, 400, "unknown rollout action 'explode'"),
+        ("/rollout/promote", {}, 404, "digits has no rollout"),
+    ],
+)  # fmt: skip
+def test_bad_admin_calls_get_the_right_status_and_say_why(
+    app: Server, path: str, body: object, status: int, named: str
+) -> None:
+    answer = httpx.post(url(app, f"/v2/models/digits{path}"), json=body, timeout=30)
+    assert answer.status_code == status, answer.text
+    assert named in answer.json()["error"], answer.json()
+    assert get(app, "/v2/models/digits/traffic")["table"] is False  # nothing changed
+
+
+def test_admin_calls_for_an_unknown_model_are_404(app: Server) -> None:
+    for method, path, body in [
+        ("GET", "/traffic", None), ("POST", "/traffic", {"weights": {"1": 1}}),
+        ("GET", "/rollout", None), ("POST", "/rollout", {"version": "2"}),
+        ("POST", "/rollout/abort", {}),
+    ]:  # fmt: skip
+        answer = httpx.request(method, url(app, f"/v2/models/nope{path}"), json=body)
+        assert answer.status_code == 404, (path, answer.text)
+        assert "nope" in answer.json()["error"]
+    broken = httpx.post(url(app, "/v2/models/digits/traffic"), content=b"{", timeout=10)
+    assert broken.status_code == 400 and "JSON" in broken.json()["error"], broken.text
 
 
 def test_a_worse_candidate_is_refused_by_the_offline_gate(app: Server) -> None:

@@ -424,3 +424,48 @@ def test_a_report_overtaken_by_a_newer_one_does_not_undo_it(tmp_path: Path) -> N
         assert seen.applied == 1 and seen.sequence == 2
 
     run(test)
+
+
+def test_a_promotion_drops_the_old_version_and_a_restart_finishes_a_pending_drop(
+    tmp_path: Path,
+) -> None:
+    """After promotion the old version leaves the served state once every replica routes to
+    the new one; a drop still pending when the controller restarts is done by the next one."""
+    from serving.traffic.rollout import Plan
+
+    write_model(tmp_path, "a", 1, config="version_policy: all\n")
+    write_model(tmp_path, "a", 2)
+    live = MemoryStore()
+
+    async def promoted(group: Fleet, keep: bool) -> None:
+        desk = group.controller.desk
+        await desk.start(Plan("a", 1, 2, steps=(100,), keep_previous=keep), None)
+        await desk.act("a", "promote")
+
+    async def test() -> None:
+        async with fleet(tmp_path, 2, live=live) as group:
+            await promoted(group, keep=False)
+            deadline = asyncio.get_running_loop().time() + 10
+            while served(group.registries[0])["a"] != [2]:
+                assert asyncio.get_running_loop().time() < deadline, served(group.registries[0])
+                await asyncio.sleep(0.02)
+            assert served(group.registries[1]) == {"a": [2]}
+            assert group.controller.desk.pending_drops == {}
+            await group.controller.load("a")  # by hand: version 1 is back
+            assert served(group.registries[0])["a"] == [1, 2]
+            await promoted(group, keep=True)  # kept: nothing pending
+            assert group.controller.desk.pending_drops == {}
+            group.controller.desk.pending_drops["a"] = 1  # as if it died before dropping
+            await group.controller.commit_traffic({})  # saved with the next revision
+        restarted = Controller(ControlSettings(tmp_path), live_store=live, liveness_s=0.1)
+        await restarted.start()
+        try:
+            deadline = asyncio.get_running_loop().time() + 10
+            while [v.version for v in restarted.state.models["a"].versions] != [2]:
+                assert asyncio.get_running_loop().time() < deadline, restarted.state.models["a"]
+                await asyncio.sleep(0.02)
+            assert restarted.desk.pending_drops == {}
+        finally:
+            await restarted.stop()
+
+    run(test)
