@@ -10,7 +10,8 @@ since the rollout started:
 - **errors**: a sequential test of the canary's server-side failure rate against stable's (a
   mixture SPRT: the likelihood ratio of "the canary fails at some rate above p0", averaged over
   a uniform prior on that rate, against "it fails at p0", with p0 the larger of a floor and
-  ``error_tolerance`` times the upper ``stable_confidence`` bound on stable's rate: a point
+  ``error_tolerance`` times the upper ``stable_confidence`` bound on stable's rate, the
+  tighter of the bounds since the rollout started and since the replicas started: a point
   estimate from stable's first few dozen answers, none failed, would hold a canary failing as
   often as stable to the floor). Its chance of ever rolling back a canary no worse than p0 is
   at most ``error_alpha``, however long it runs (Ville's inequality), and it needs few requests
@@ -250,8 +251,12 @@ class Rollout:
         in_step = totals.minus(self.step_baseline)
         threshold = math.log(1 / gates.error_alpha)
         stable, reference = self._reference(since, totals)
-        stable_failed, stable_answered = server_errors(stable)
-        stable_bound = rate_upper_bound(stable_failed, stable_answered, gates.stable_confidence)
+        # Stable's failure rate: the tighter of its upper bounds since the rollout started and
+        # since the replicas started (early in a rollout, the longer history says more).
+        stable_bound, stable_failed, stable_answered = min(
+            (rate_upper_bound(*server_errors(w), gates.stable_confidence), *server_errors(w))
+            for w in (since.stable, totals.stable)
+        )
         p0 = min(0.5, max(gates.error_floor, gates.error_tolerance * stable_bound))
         failed, answered = server_errors(since.canary)
         evidence: dict[str, Any] = {
@@ -263,8 +268,9 @@ class Rollout:
             "stable": {
                 "requests": stable_answered,
                 "errors": stable_failed,
+                "error_rate_bound": round(stable_bound, 6),
                 "p99_ms": ms(p99(stable)),
-                "counted": reference,
+                "p99_counted": reference,
             },
             "error_p0": p0,
             "threshold": round(threshold, 3),

@@ -333,6 +333,9 @@ def test_a_failing_canary_is_rolled_back_within_two_seconds(app: Server) -> None
         lambda out: None, rate_per_s=LOAD_PER_S,
     )  # fmt: skip
     post(app, f"/v2/models/{RISKY}/traffic", {"weights": {"1": 100}})
+    with httpx.Client(timeout=30) as client:  # stable's history: it has served a while
+        for _ in range(1_000):
+            infer_json(client, app, f"/v2/models/{RISKY}/infer", broken[0])
     with traffic:
         traffic.wait_for(int(LOAD_PER_S))
         assert traffic.tally.failed == 0  # version 1 answers every input

@@ -224,7 +224,7 @@ def test_a_step_without_stable_traffic_holds_the_canary_to_stable_s_history() ->
     later = Evidence(window(495, failed=5, ms=150), history.stable.copy())
     decision = rollout.decide(5.0, later)
     assert decision.action == "promote", decision
-    assert decision.evidence["stable"]["counted"] == "since the replicas started"
+    assert decision.evidence["stable"]["p99_counted"] == "since the replicas started"
     slow = Evidence(window(50, ms=400), history.stable.copy())
     assert rollout.decide(5.0, slow).reason.startswith("latency")
 
