@@ -459,11 +459,12 @@ def test_a_healthy_canary_is_promoted_with_zero_failures(app: Server) -> None:
     )
     with traffic:
         traffic.wait_for(20)
-        started = cli(app, "rollout", "start", "digits", "2", "--from", "1", "--steps", "25,100",
-                      "--min-requests", "20", "--min-step-s", "0.5", "--json")  # fmt: skip
+        started = cli(app, "rollout", "start", "digits", "2", "--from", "1", "--min-requests",
+                      "20", "--min-step-s", "0.5", "--json")  # fmt: skip
         assert started.returncode == 0, started.stdout + started.stderr
         status = json.loads(started.stdout)
-        assert status["weights"] == {"2": 25.0, "1": 75.0}
+        assert status["steps"] == ["5%", "25%", "50%", "100%"]
+        assert status["weights"] == {"2": 5.0, "1": 95.0}
         evaluation = status["evaluation"]  # the offline gate passed
         assert evaluation["passed"] and not evaluation["skipped"], evaluation
         assert evaluation["canary"]["accuracy"] >= evaluation["stable"]["accuracy"] + 0.02
@@ -472,6 +473,8 @@ def test_a_healthy_canary_is_promoted_with_zero_failures(app: Server) -> None:
             time.sleep(0.25)
             status = httpx.get(url(app, "/v2/models/digits/rollout")).json()
         assert status["status"] == "promoted", status
+        events = [entry["event"] for entry in status["history"]]
+        assert events == ["started", "advanced", "advanced", "advanced", "promoted"], events
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             shown = httpx.get(url(app, "/v2/models/digits/traffic")).json()
