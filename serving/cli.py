@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from serving.config import ServerConfig
+from serving.config import AutoscalingConfig, ServerConfig
 from serving.traffic.cli import call, rollout_app, traffic_app
 
 if TYPE_CHECKING:
@@ -86,6 +86,18 @@ def serve(
     replicas: int | None = typer.Option(
         None, min=1, help="Server replicas (they share the ports). Default: sized to the CPUs."
     ),
+    max_replicas: int | None = typer.Option(
+        None,
+        min=1,
+        help="Autoscale: at most this many replicas, following the requests in flight.",
+    ),
+    min_replicas: int = typer.Option(1, min=1, help="Autoscale: at least this many replicas."),
+    target_in_flight: float = typer.Option(
+        8.0, min=0.01, help="Autoscale: requests in flight per replica to aim at."
+    ),
+    downscale_delay_s: float = typer.Option(
+        60.0, min=0, help="Autoscale: how long the load must be low before a replica goes."
+    ),
     replica_cpus: float | None = typer.Option(
         None, help="CPUs per replica (ONNX Runtime threads follow). Default: sized to the nodes."
     ),
@@ -137,6 +149,14 @@ def serve(
             access_log=access_log,
             drift_sample_fraction=drift_sample_fraction,
             replicas=replicas,
+            autoscaling=None
+            if max_replicas is None
+            else AutoscalingConfig(
+                min_replicas=min_replicas,
+                max_replicas=max_replicas,
+                target_in_flight=target_in_flight,
+                downscale_delay_s=downscale_delay_s,
+            ),
             replica_cpus=replica_cpus,
             replica_resources=_resources(replica_resource),
             model_control_mode=model_control_mode,

@@ -117,6 +117,32 @@ many of its CPUs: past ~8, one replica's event loop (one Python thread) tops out
 sessions' threads do on small models."""
 
 
+class AutoscalingConfig(_Frozen):
+    """Replicas follow the server's own load: requests in flight (queued or running) in each
+    replica, as the replicas report them to Ray Serve's autoscaler (``control/autoscaling.py``).
+    """
+
+    min_replicas: PositiveInt = 1
+    max_replicas: PositiveInt
+    target_in_flight: float = Field(default=8.0, gt=0)
+    """Requests in flight per replica the autoscaler aims at: replicas = ceil(in flight in all
+    of them / this)."""
+    upscale_delay_s: float = Field(default=3.0, ge=0)
+    """How long the load must ask for more replicas before one is added."""
+    downscale_delay_s: float = Field(default=60.0, ge=0)
+    """How long it must ask for fewer before one is removed (after draining)."""
+    look_back_s: float = Field(default=3.0, gt=1.0)
+    """The window over which each replica's reports are averaged."""
+
+    @model_validator(mode="after")
+    def _bounds(self) -> AutoscalingConfig:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(
+                f"min_replicas ({self.min_replicas}) is above max_replicas ({self.max_replicas})"
+            )
+        return self
+
+
 class ServerConfig(_Frozen):
     """How the server runs: parsed once by the CLI and passed down."""
 
@@ -131,6 +157,9 @@ class ServerConfig(_Frozen):
     replicas: PositiveInt | None = None
     """Server replicas; several on one node share the ports through SO_REUSEPORT. None: sized
     to the Ray cluster's CPUs (see ``MAX_CPUS_PER_REPLICA``)."""
+    autoscaling: AutoscalingConfig | None = None
+    """Replicas between a minimum and a maximum, following the load (instead of
+    ``replicas``)."""
     replica_cpus: float | None = Field(default=None, gt=0)
     """CPUs Ray reserves for each replica; ONNX Runtime's thread counts follow it. None: sized
     to the Ray cluster's nodes."""
@@ -179,6 +208,12 @@ class ServerConfig(_Frozen):
     """Executions expected to take less than this (µs, from each version's running average) run
     on the event loop instead of a worker thread, whose hand-over costs about as much. 0: always
     use worker threads."""
+
+    @model_validator(mode="after")
+    def _one_way_to_count(self) -> ServerConfig:
+        if self.autoscaling is not None and self.replicas is not None:
+            raise ValueError("give replicas or autoscaling, not both")
+        return self
 
     def drift_settings(self) -> DriftSettings:
         return DriftSettings(

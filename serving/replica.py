@@ -25,6 +25,8 @@ from serving.transport.servers import Listeners
 
 logger = logging.getLogger(__name__)
 
+DRAIN_S = 5.0
+"""How long a stopping replica waits for its HTTP clients to move to new connections."""
 INFERENCE_THREADS = 16
 """Worker threads for executions that leave the event loop. Idle threads cost nothing;
 executions beyond the pool's size would queue behind it."""
@@ -130,13 +132,21 @@ class Replica:
         self.dataplane.set_ready(True)
 
     async def stop(self) -> None:
+        """Leave without failing a request: not ready first (load balancers stop sending),
+        clients moved off this replica's connections, the requests inside answered, then the
+        sessions closed."""
         self.dataplane.set_ready(False)
+        await self.listeners.drain(DRAIN_S)
         await self.listeners.stop()
         if self.metrics is not None:
             await self.metrics.stop()
         await self.follower.stop()
         await self.dataplane.mirror.close()
         await self.registry.close()
+
+    def in_flight(self) -> int:
+        """Requests inside this replica's model versions (queued or running)."""
+        return sum(inside for inside, _ in self.registry.gauges().values())
 
     @property
     def alive(self) -> bool:

@@ -124,6 +124,9 @@ class ControllerActor:
     async def summary(self) -> dict[str, Any]:
         return await (await self._started()).summary()
 
+    async def note_autoscaling(self, reading: dict[str, Any]) -> None:
+        (await self._started()).note_autoscaling(reading)
+
     async def traffic(self, name: str) -> dict[str, Any]:
         return (await self._started()).desk.traffic(name)
 

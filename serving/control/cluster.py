@@ -9,6 +9,7 @@ replaces one that dies; the application's controller (``actor.py``) keeps them o
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import math
 import os
@@ -22,6 +23,7 @@ from ray.serve.config import ProxyLocation
 
 from serving.config import MAX_CPUS_PER_REPLICA, ServerConfig
 from serving.control.actor import RayChannel, controller_for, existing_controller, forget
+from serving.control.autoscaling import IN_FLIGHT, serve_autoscaling_config
 from serving.control.controller import ControlSettings
 from serving.models.spec import DesiredState
 from serving.replica import Replica, normal_priority
@@ -96,6 +98,11 @@ class ReplicaDeployment:
         if not self._replica.alive:
             raise RuntimeError("the replica's servers or its control loop have stopped")
 
+    def record_autoscaling_stats(self) -> dict[str, float]:
+        """The load Ray Serve's autoscaler scales on (``autoscaling.py``): requests inside
+        this replica's model versions, queued or running."""
+        return {IN_FLIGHT: float(self._replica.in_flight())}
+
     def endpoints(self) -> dict[str, Any]:
         listeners = self._replica.listeners
         return {
@@ -121,14 +128,13 @@ class Sizing:
     node_cpus: tuple[float, ...]
     sized: bool
     """Whether any of it was chosen here rather than given."""
+    autoscaling: str = ""
 
     def describe(self) -> str:
         nodes = ", ".join(f"{c:g}" for c in self.node_cpus) or "none"
         chosen = "sized to the cluster" if self.sized else "as configured"
-        return (
-            f"{self.replicas} replica(s) of {self.replica_cpus:g} CPUs ({chosen}; "
-            f"CPUs of the Ray node(s): {nodes})"
-        )
+        count = self.autoscaling or f"{self.replicas} replica(s)"
+        return f"{count} of {self.replica_cpus:g} CPUs ({chosen}; CPUs of the Ray node(s): {nodes})"
 
 
 def _node_cpus(config: ServerConfig) -> list[float]:
@@ -167,12 +173,18 @@ def size(config: ServerConfig, node_cpus: list[float]) -> Sizing:
 
 
 def build(config: ServerConfig) -> serve.Application:
-    assert config.replicas is not None and config.replica_cpus is not None
+    assert config.replica_cpus is not None
     actor_options: dict[str, Any] = {"num_cpus": config.replica_cpus, "runtime_env": REPLICA_ENV}
     if config.replica_resources:
         actor_options["resources"] = dict(config.replica_resources)
+    count: dict[str, Any]
+    if config.autoscaling is not None:
+        count = {"autoscaling_config": serve_autoscaling_config(config.autoscaling)}
+    else:
+        assert config.replicas is not None
+        count = {"num_replicas": config.replicas}
     return ReplicaDeployment.options(  # type: ignore[attr-defined,no-any-return]
-        num_replicas=config.replicas, ray_actor_options=actor_options
+        ray_actor_options=actor_options, **count
     ).bind(config)
 
 
@@ -215,10 +227,19 @@ def connect(
 def deploy(config: ServerConfig, *, name: str = "serving") -> tuple[ServerConfig, Sizing]:
     """Deploy (or update) the application; returns once every replica serves, with the config
     as deployed (sized to the cluster) and how it was sized."""
-    sizing = size(config, _node_cpus(config))
+    scaling = config.autoscaling
+    if scaling is None:
+        sizing = size(config, _node_cpus(config))
+    else:  # CPUs per replica such that the most replicas fit
+        most = config.model_copy(update={"replicas": scaling.max_replicas})
+        sizing = dataclasses.replace(
+            size(most, _node_cpus(config)),
+            autoscaling=f"{scaling.min_replicas}-{scaling.max_replicas} replicas (autoscaling "
+            f"at {scaling.target_in_flight:g} requests in flight each)",
+        )
     config = config.model_copy(
         update={
-            "replicas": sizing.replicas,
+            "replicas": None if scaling is not None else sizing.replicas,
             "replica_cpus": sizing.replica_cpus,
             "run": config.run or uuid.uuid4().hex[:12],
         }

@@ -107,6 +107,8 @@ class Controller:
         self._poller: asyncio.Task[None] | None = None
         self._gathering_until = 0.0
         self.drift = DriftBook(settings.repository, settings.drift)
+        self.autoscaling: dict[str, Any] | None = None
+        """Ray Serve's autoscaler's last reading and decision, when the app autoscales."""
         self._served: tuple[DesiredState | None, set[Key]] = (None, set())
         self.desk = RolloutDesk(self)
         """Traffic tables by hand, and rollouts."""
@@ -515,13 +517,20 @@ class Controller:
         queued on every replica, traffic share and drift; what ``serving top`` and ``serving
         drift`` show."""
         totals = await self.statistics()
-        return summary(
+        document = summary(
             totals,
             self.state,
             self._served_versions(),
             [s.report for s in self._live()],
             self.drift,
         )
+        document["replicas"] = len(self._live())
+        document["autoscaling"] = self.autoscaling
+        return document
+
+    def note_autoscaling(self, reading: dict[str, Any]) -> None:
+        """What Ray Serve's autoscaler read and decided last (``autoscaling.py``)."""
+        self.autoscaling = reading
 
     def timings(self) -> dict[int, tuple[float, dict[str, float]]]:
         """Revision → (when committed, {replica: when its report of applying it arrived}), on

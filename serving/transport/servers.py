@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -57,6 +58,44 @@ def reserve_port(host: str = "127.0.0.1") -> socket.socket:
     return sock
 
 
+MIGRATE_REQUESTS = Path("/proc/sys/net/ipv4/tcp_migrate_req")
+
+
+def migrate_queued_connections() -> None:
+    """Ask the kernel (Linux 5.14+) to hand the connections queued on a closing SO_REUSEPORT
+    listener to its siblings instead of resetting them, so that a replica that stops does not
+    drop the connections that arrived just before it closed its socket. Needs the right to
+    write the setting (root in the network namespace); without it, carries on."""
+    try:
+        if MIGRATE_REQUESTS.read_text().strip() == "0":
+            MIGRATE_REQUESTS.write_text("1")
+            logger.info("net.ipv4.tcp_migrate_req set to 1: queued connections move to a sibling")
+    except OSError as error:
+        logger.debug("net.ipv4.tcp_migrate_req left as it is: %s", error)
+
+
+class _Draining:
+    """The HTTP app, saying ``Connection: close`` on every answer once the replica drains, so
+    that keep-alive clients take their next request to a new connection (another replica)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.on = False
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if not self.on or scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def closing(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                headers = [*message.get("headers", ()), (b"connection", b"close")]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, closing)
+
+
 class Listeners:
     """A replica's HTTP and gRPC servers over one dataplane, on the caller's event loop."""
 
@@ -73,6 +112,9 @@ class Listeners:
         self._served_by = served_by
         self._metrics = metrics
         self._uvicorn: uvicorn.Server | None = None
+        self._draining: _Draining | None = None
+        self._grpc: Any = None
+        self._grpc_stopping: asyncio.Task[None] | None = None
         self._metrics_server: uvicorn.Server | None = None
         self._task: asyncio.Task[None] | None = None
         self._started = asyncio.Event()
@@ -88,7 +130,8 @@ class Listeners:
             max_request_bytes=self.config.max_request_bytes,
             served_by=self._served_by,
         )
-        self._uvicorn = _server(app)
+        self._draining = _Draining(app)
+        self._uvicorn = _server(self._draining)
         sockets = [http_socket]
         if self._metrics is not None and self.config.metrics_port is not None:
             metrics_socket = shared_socket(self.config.host, self.config.metrics_port)
@@ -100,6 +143,7 @@ class Listeners:
 
     async def start(self, timeout_s: float = 30.0) -> None:
         """Serve on the running loop; returns once both servers listen."""
+        migrate_queued_connections()
         self._task = asyncio.create_task(self._serve(*self._prepare()))
         self._task.add_done_callback(_log_failure)
         started = asyncio.create_task(self._started.wait())
@@ -111,6 +155,25 @@ class Listeners:
             if self._task in done:
                 raise RuntimeError("servers failed to start") from self._task.exception()
             raise TimeoutError(f"servers did not start within {timeout_s} s")
+
+    async def drain(self, timeout_s: float) -> None:
+        """Move clients off this replica before it stops: its HTTP and gRPC listening sockets
+        close (new connections go to the node's other replicas), gRPC sends GOAWAY (channels
+        reconnect, and calls the server did not take are retried by the client), and every
+        HTTP answer says ``Connection: close``; returns once no HTTP connection is left, or
+        after ``timeout_s`` (connections whose clients send nothing more)."""
+        if self._uvicorn is None or self._draining is None:
+            return
+        self._draining.on = True
+        for server in getattr(self._uvicorn, "servers", []):
+            server.close()
+        if self._grpc is not None:
+            self._grpc_stopping = asyncio.create_task(self._grpc.stop(grace=timeout_s + 10))
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while self._uvicorn.server_state.connections:
+            if asyncio.get_running_loop().time() >= deadline:
+                break
+            await asyncio.sleep(0.05)
 
     async def stop(self, timeout_s: float = 10.0) -> None:
         """Stop accepting; requests in progress are answered first (at most ``timeout_s``)."""
@@ -133,6 +196,7 @@ class Listeners:
             address = _address(self.config.host, self.config.grpc_port)
             self.grpc_port = grpc_server.add_insecure_port(address)
             await grpc_server.start()
+            self._grpc = grpc_server
         task = asyncio.create_task(self._uvicorn.serve(sockets=[http_socket]))
         metrics = self._metrics_server
         metrics_task = None
@@ -152,7 +216,10 @@ class Listeners:
                 with contextlib.suppress(Exception):
                     await metrics_task
             if grpc_server is not None:
-                await grpc_server.stop(grace=2.0)
+                if self._grpc_stopping is not None:
+                    await self._grpc_stopping
+                else:
+                    await grpc_server.stop(grace=2.0)
 
     @property
     def alive(self) -> bool:

@@ -87,7 +87,7 @@ def start_server(
             "http_port": http_port,
             "grpc_port": grpc_port,
             "metrics_port": metrics_port,
-            "replicas": replicas,
+            "replicas": None if "autoscaling" in options else replicas,
             "replica_cpus": 1.0,
             "max_request_bytes": MAX_REQUEST_BYTES,
             "grpc_max_message_bytes": MAX_REQUEST_BYTES,

@@ -61,6 +61,8 @@ class Traffic:
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self.tally = Tally()
+        self.in_flight = 0
+        """Requests sent and not yet answered, now."""
         plans = ["http"] * senders + ["grpc"] * senders + ["http_fresh"]
         self._interval = 0.0 if rate_per_s is None else len(plans) / rate_per_s
         self._threads = [threading.Thread(target=self._send, args=(p,), daemon=True) for p in plans]
@@ -103,6 +105,8 @@ class Traffic:
                 client = V2Client("http", http_url, grpc_url)
             inputs = list(self._inputs()) if callable(self._inputs) else list(self._inputs)
             sent = time.monotonic()
+            with self._lock:
+                self.in_flight += 1
             try:
                 result = client.infer(self._model, inputs)
                 self._check(result.outputs)
@@ -112,6 +116,9 @@ class Traffic:
                 self._count(f"{type(error).__name__}: {error}", None, sent)
             else:
                 self._count(None, result.model_version, sent)
+            finally:
+                with self._lock:
+                    self.in_flight -= 1
 
     def _count(self, failure: str | None, version: str | None, sent: float) -> None:
         with self._lock:
