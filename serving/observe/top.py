@@ -16,6 +16,7 @@ class TopView:
         self._previous: dict[tuple[str, str], dict[str, Any]] = {}
         self._previous_at: float | None = None
         self._rows: list[dict[str, Any]] = []
+        self._scaling: str = ""
 
     def update(self, summary: dict[str, Any], now: float) -> None:
         elapsed = None if self._previous_at is None else max(1e-9, now - self._previous_at)
@@ -26,6 +27,7 @@ class TopView:
             current[key] = version
             rows.append(self._row(version, self._previous.get(key), elapsed))
         self._previous, self._previous_at, self._rows = current, now, rows
+        self._scaling = _scaling(summary.get("autoscaling"))
 
     @staticmethod
     def _row(
@@ -67,7 +69,7 @@ class TopView:
 
     def table(self) -> Table:
         window = "since start" if self._previous_at is None else "over the last refresh"
-        table = Table(title=f"serving top: every replica, {window}")
+        table = Table(title=f"serving top: every replica, {window}", caption=self._scaling or None)
         for column in ("model", "version", "req/s", "err/s", "p50 ms", "p99 ms", "in flight",
                        "queued", "batch", "replicas", "traffic", "drift"):  # fmt: skip
             table.add_column(column, justify="left" if column in ("model", "drift") else "right")
@@ -87,6 +89,17 @@ class TopView:
     @property
     def rows(self) -> list[dict[str, Any]]:
         return self._rows
+
+
+def _scaling(reading: dict[str, Any] | None) -> str:
+    """The autoscaler's last reading, in a line."""
+    if not reading:
+        return ""
+    return (
+        f"autoscaling: {reading['replicas']} replica(s) ({reading['min_replicas']}-"
+        f"{reading['max_replicas']}), {reading['in_flight']:.1f} requests in flight at "
+        f"{reading['target_in_flight']:g} each -> {reading['desired_replicas']} wanted"
+    )
 
 
 def _traffic(weight: float | None, shadow: bool) -> str:

@@ -5,6 +5,8 @@ in flight."""
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -147,6 +149,13 @@ def test_load_adds_a_replica_and_idleness_removes_it_without_a_failed_request(
             driven = heavy.mean_since(first)
             read = sum(readings) / len(readings)
             assert reading["desired_replicas"] == 2 and reading["max_replicas"] == 2, reading
+            top = subprocess.run(
+                [sys.executable, "-m", "serving.cli", "top", "--once", "--interval", "0.3",
+                 "--url", scaled.http_url],
+                capture_output=True, text=True, timeout=60,
+                env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"},
+            )  # fmt: skip
+            assert "autoscaling: 2 replica(s) (1-2)" in top.stdout, top.stdout + top.stderr
         down = until(lambda: replicas(scaled) == 1, 90, "back to one replica")
         light.wait_for(20)  # the survivor serves on
     print(
