@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import inspect
 import logging
 import os
 import signal
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import pydantic
 import typer
+import yaml
 from rich.console import Console
 from rich.table import Table
 
@@ -128,45 +130,10 @@ def serve(
 ) -> None:
     """Serve a model repository over KServe v2 until Ctrl-C."""
     _configure_logging(log_level)
-    from serving import demo
     from serving.control import cluster
 
-    if repository is None:
-        console.print("Preparing the demo repository…")
-        repository = demo.ensure()
-    repository = repository.resolve()
     embedded = not (address or os.environ.get("RAY_ADDRESS"))
-    if state_file is None and embedded:
-        state_file = default_state_file(repository, APP_NAME)
-    try:
-        config = ServerConfig(
-            repository=repository,
-            host=host,
-            http_port=http_port,
-            grpc_port=grpc_port,
-            metrics_port=None if no_metrics else metrics_port,
-            metrics_triton=metrics_triton,
-            access_log=access_log,
-            drift_sample_fraction=drift_sample_fraction,
-            replicas=replicas,
-            autoscaling=None
-            if max_replicas is None
-            else AutoscalingConfig(
-                min_replicas=min_replicas,
-                max_replicas=max_replicas,
-                target_in_flight=target_in_flight,
-                downscale_delay_s=downscale_delay_s,
-            ),
-            replica_cpus=replica_cpus,
-            replica_resources=_resources(replica_resource),
-            model_control_mode=model_control_mode,
-            load_models=tuple(load_model),
-            repository_poll_s=repository_poll_s,
-            state_file=state_file,
-            resume=not fresh,
-        )
-    except pydantic.ValidationError as error:
-        raise typer.BadParameter(str(error)) from None
+    config = _server_config(locals(), embedded=embedded)
     cluster.connect(address)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -180,6 +147,101 @@ def serve(
     finally:
         console.print("Shutting down…")
         cluster.shutdown()
+
+
+def config_command(check: Path | None = None, name: str = APP_NAME, **options: Any) -> None:
+    """Print the Ray Serve config (YAML) that deploys what `serving serve` would with the same
+    arguments, for `serve deploy` or a RayService's serveConfigV2; --check FILE checks one
+    instead (every key, and the server's arguments), exit 1 naming each problem."""
+    from serving.control import serveconfig
+
+    if check is not None:
+        try:
+            document = yaml.safe_load(check.read_text())
+        except (OSError, yaml.YAMLError) as error:
+            console.print(f"[red]{check}: {error}[/]", highlight=False)
+            raise typer.Exit(2) from None
+        problems = serveconfig.check(document)
+        for problem in problems:
+            console.print(f"[red]{check}: {problem}[/]", highlight=False)
+        if problems:
+            raise typer.Exit(1)
+        console.print(f"{check}: ok", highlight=False)
+        return
+    config = _server_config(options, embedded=False)
+    typer.echo(serveconfig.render(config, name=name), nl=False)
+
+
+def _config_signature() -> inspect.Signature:
+    """``serve``'s options, and ``--check`` and ``--name``."""
+    extra = [
+        inspect.Parameter(
+            "check",
+            inspect.Parameter.KEYWORD_ONLY,
+            default=typer.Option(None, help="Check this config file instead of writing one."),
+            annotation=Path | None,
+        ),
+        inspect.Parameter(
+            "name",
+            inspect.Parameter.KEYWORD_ONLY,
+            default=typer.Option(APP_NAME, help="The application's name."),
+            annotation=str,
+        ),
+    ]
+    own = [
+        p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
+        for p in inspect.signature(serve).parameters.values()
+        if p.name not in ("log_level", "address")
+    ]
+    return inspect.Signature([*extra, *own])
+
+
+config_command.__signature__ = _config_signature()  # type: ignore[attr-defined]
+app.command("config")(config_command)
+
+
+def _server_config(options: dict[str, Any], *, embedded: bool) -> ServerConfig:
+    """The server config that ``serve``'s ``options`` (its arguments, by name) ask for."""
+    from serving import demo
+
+    repository = options["repository"]
+    if repository is None:
+        console.print("Preparing the demo repository…", highlight=False)
+        repository = demo.ensure()
+    repository = repository.resolve()
+    state_file = options["state_file"]
+    if state_file is None and embedded:
+        state_file = default_state_file(repository, APP_NAME)
+    max_replicas = options["max_replicas"]
+    try:
+        return ServerConfig(
+            repository=repository,
+            host=options["host"],
+            http_port=options["http_port"],
+            grpc_port=options["grpc_port"],
+            metrics_port=None if options["no_metrics"] else options["metrics_port"],
+            metrics_triton=options["metrics_triton"],
+            access_log=options["access_log"],
+            drift_sample_fraction=options["drift_sample_fraction"],
+            replicas=options["replicas"],
+            autoscaling=None
+            if max_replicas is None
+            else AutoscalingConfig(
+                min_replicas=options["min_replicas"],
+                max_replicas=max_replicas,
+                target_in_flight=options["target_in_flight"],
+                downscale_delay_s=options["downscale_delay_s"],
+            ),
+            replica_cpus=options["replica_cpus"],
+            replica_resources=_resources(options["replica_resource"]),
+            model_control_mode=options["model_control_mode"],
+            load_models=tuple(options["load_model"]),
+            repository_poll_s=options["repository_poll_s"],
+            state_file=state_file,
+            resume=not options["fresh"],
+        )
+    except pydantic.ValidationError as error:
+        raise typer.BadParameter(str(error)) from None
 
 
 def _print_banner(config: ServerConfig, sizing: str, state: DesiredState) -> None:

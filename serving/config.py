@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
 
 from serving.observe.drift import DriftSettings
 from serving.protocol.datatypes import DATATYPES
@@ -238,3 +238,11 @@ class ServerConfig(_Frozen):
         """ONNX Runtime threads for each of a model's concurrent executions: the replica's CPUs
         shared among them, at least one."""
         return max(1, round(self.cpus / self.instances(model)))
+
+
+def describe_errors(error: ValidationError) -> str:
+    """A validation error in one line, each problem with the key it is about."""
+    return "; ".join(
+        f"{'.'.join(str(p) for p in item['loc']) or '(top)'}: {item['msg']}"
+        for item in error.errors()
+    )

@@ -17,11 +17,12 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, cast
 
+import pydantic
 import ray
 from ray import serve
 from ray.serve.config import ProxyLocation
 
-from serving.config import MAX_CPUS_PER_REPLICA, ServerConfig
+from serving.config import MAX_CPUS_PER_REPLICA, ServerConfig, describe_errors
 from serving.control.actor import RayChannel, controller_for, existing_controller, forget
 from serving.control.autoscaling import IN_FLIGHT, serve_autoscaling_config
 from serving.control.controller import ControlSettings
@@ -79,9 +80,13 @@ class ReplicaDeployment:
     async def __init__(self, config: ServerConfig) -> None:  # type: ignore[misc]  # Serve awaits it
         normal_priority()  # before any thread starts: threads inherit it
         context = serve.get_replica_context()
-        handle = controller_for(context.app_name, control_settings(config), config.state_file)
-        self._node = ray.get_runtime_context().get_node_id()
-        self._replica = Replica(
+        settings = control_settings(config)
+        handle = controller_for(context.app_name, settings, config.state_file)
+        # Deployed from a config file, nothing else has told the controller these settings.
+        state_file = None if config.state_file is None else str(config.state_file)
+        await handle.configure.remote(settings, state_file)
+        self._node: str = ray.get_runtime_context().get_node_id()
+        self._replica: Replica = Replica(
             config,
             RayChannel(handle),
             replica=context.replica_id.unique_id,
@@ -224,9 +229,8 @@ def connect(
         )
 
 
-def deploy(config: ServerConfig, *, name: str = "serving") -> tuple[ServerConfig, Sizing]:
-    """Deploy (or update) the application; returns once every replica serves, with the config
-    as deployed (sized to the cluster) and how it was sized."""
+def sized(config: ServerConfig) -> tuple[ServerConfig, Sizing]:
+    """``config`` sized to the connected cluster's nodes, with this server start's id."""
     scaling = config.autoscaling
     if scaling is None:
         sizing = size(config, _node_cpus(config))
@@ -244,11 +248,29 @@ def deploy(config: ServerConfig, *, name: str = "serving") -> tuple[ServerConfig
             "run": config.run or uuid.uuid4().hex[:12],
         }
     )
+    return config, sizing
+
+
+def deploy(config: ServerConfig, *, name: str = "serving") -> tuple[ServerConfig, Sizing]:
+    """Deploy (or update) the application; returns once every replica serves, with the config
+    as deployed (sized to the cluster) and how it was sized."""
+    config, sizing = sized(config)
     handle = controller_for(name, control_settings(config), config.state_file)
     state_file = None if config.state_file is None else str(config.state_file)
     ray.get(handle.configure.remote(control_settings(config), state_file))
     serve.run(build(config), name=name, route_prefix=None)
     return config, sizing
+
+
+def app(args: dict[str, Any]) -> serve.Application:
+    """The application builder for Ray Serve's config files (``serve deploy``, a RayService's
+    ``serveConfigV2``): ``args`` is the server config as ``serving config`` prints it, checked
+    here (Ray passes unknown keys through), and sized to the cluster when it deploys."""
+    try:
+        config = ServerConfig.model_validate(args)
+    except pydantic.ValidationError as error:
+        raise ValueError(f"serving: invalid args: {describe_errors(error)}") from None
+    return build(sized(config)[0])
 
 
 def controller(name: str = "serving") -> Any:
