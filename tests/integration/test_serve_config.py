@@ -171,3 +171,32 @@ def test_unknown_keys_are_refused_naming_them(
         assert "serving: invalid args: replicaz: Extra inputs are not permitted" in status
     finally:
         local_ray.run("serve", "shutdown", "-y", "-a", local_ray.dashboard)
+
+
+def test_the_kuberay_probes_and_scrapes_point_at_endpoints_the_server_answers(
+    server: Server,
+) -> None:
+    """Every httpGet probe, KubeRay's own serve check (``GET /-/healthz`` on the serve port,
+    "success" in the body) and the PodMonitor's endpoint, against a running server."""
+    root = Path(__file__).resolve().parents[2] / "deploy" / "kuberay"
+    by_port = {8000: server.http_url, 8002: server.metrics_url}
+    checked = []
+    for variant in ("cpu", "gpu"):
+        for document in yaml.safe_load_all((root / variant / "serving.yaml").read_text()):
+            if document["kind"] == "RayService":
+                for group in document["spec"]["rayClusterConfig"]["workerGroupSpecs"]:
+                    for container in group["template"]["spec"]["containers"]:
+                        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+                        for probe in ("readinessProbe", "livenessProbe"):
+                            get = container[probe]["httpGet"]
+                            checked.append((get["port"], get["path"], ""))
+                        checked.append((ports["http"], "/-/healthz", "success"))
+            elif document["kind"] == "PodMonitor":
+                for endpoint in document["spec"]["podMetricsEndpoints"]:
+                    checked.append((8002 if endpoint["port"] == "metrics" else -1,
+                                    endpoint["path"], "serving_requests_total"))  # fmt: skip
+    assert len(checked) == 8
+    for port, path, body in checked:
+        answer = httpx.get(f"http://{by_port[port]}{path}", timeout=10)
+        assert answer.status_code == 200, (port, path, answer.text)
+        assert body in answer.text, (port, path)
