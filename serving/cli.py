@@ -206,7 +206,7 @@ def _server_config(options: dict[str, Any], *, embedded: bool) -> ServerConfig:
 
     repository = options["repository"]
     if repository is None:
-        console.print("Preparing the demo repository…", highlight=False)
+        Console(stderr=True).print("Preparing the demo repository…", highlight=False)
         repository = demo.ensure()
     repository = repository.resolve()
     state_file = options["state_file"]

@@ -204,6 +204,10 @@ class ServerConfig(_Frozen):
     """Largest HTTP request body accepted (after decompression)."""
     grpc_max_message_bytes: PositiveInt = 128 * 1024 * 1024
     """Largest gRPC message either way; room for a 64 MiB tensor and its framing."""
+    deregister_s: float = Field(default=1.0, ge=0, le=15)
+    """How long a stopping replica keeps accepting connections while it answers not-ready
+    (and ``Connection: close``), so that load balancers take it out first. Behind a
+    Kubernetes Service: at least the readiness probe's period, plus a little."""
     inline_below_us: float = Field(default=100.0, ge=0)
     """Executions expected to take less than this (µs, from each version's running average) run
     on the event loop instead of a worker thread, whose hand-over costs about as much. 0: always

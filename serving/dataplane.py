@@ -147,6 +147,9 @@ class DataPlane:
         self.urgent: Callable[[], None] = lambda: None
         """Called when a version under watch (a rollout's canary) fails a request: the
         replica reports at once instead of at its next regular report."""
+        self.on_drain: Callable[[], None] = lambda: None
+        """Asked to drain (``POST /-/drain``, a Kubernetes preStop hook): the replica stops
+        taking clients and leaves (Ray Serve replaces it)."""
         self.mirror = Mirror(on_error=lambda: self.urgent())
         self.traffic = TrafficAdmin(registry, control)
         """Traffic tables and rollouts (admin calls)."""
@@ -162,6 +165,13 @@ class DataPlane:
 
     def set_ready(self, ready: bool) -> None:
         self._ready = ready
+
+    def drain(self, *, peer: str | None) -> dict[str, Any]:
+        """Start this replica's drain (loopback only): not ready at once, clients moved off,
+        then replaced."""
+        require_admin(peer)
+        self.on_drain()
+        return {"draining": True}
 
     def server_metadata(self) -> dict[str, Any]:
         return {"name": SERVER_NAME, "version": __version__, "extensions": list(EXTENSIONS)}

@@ -4,6 +4,7 @@ Serve deployment (``control/cluster.py``) hosts one of these per replica actor."
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -93,6 +94,9 @@ class Replica:
             access_log=AccessLog(enabled=config.access_log, served_by=served_by),
         )
         self.dataplane.urgent = self.follower.nudge
+        self._drained: asyncio.Future[None] | None = None
+        self._draining: asyncio.Future[None] | None = None
+        self.dataplane.on_drain = self._begin_drain
         self.metrics: NodeMetrics | None = None
         if config.metrics_port is not None:
             self.metrics = NodeMetrics(
@@ -135,8 +139,7 @@ class Replica:
         """Leave without failing a request: not ready first (load balancers stop sending),
         clients moved off this replica's connections, the requests inside answered, then the
         sessions closed."""
-        self.dataplane.set_ready(False)
-        await self.listeners.drain(DRAIN_S)
+        await self.drain()
         await self.listeners.stop()
         if self.metrics is not None:
             await self.metrics.stop()
@@ -144,10 +147,25 @@ class Replica:
         await self.dataplane.mirror.close()
         await self.registry.close()
 
+    async def drain(self) -> None:
+        """Not ready, then clients moved off this replica's connections (once: a drain asked
+        for before the stop is not done twice)."""
+        if self._drained is None:
+            self.dataplane.set_ready(False)
+            self._drained = asyncio.ensure_future(
+                self.listeners.drain(self.config.deregister_s, DRAIN_S)
+            )
+        await asyncio.shield(self._drained)
+
+    def _begin_drain(self) -> None:
+        self._draining = asyncio.ensure_future(self.drain())
+
     def in_flight(self) -> int:
         """Requests inside this replica's model versions (queued or running)."""
         return sum(inside for inside, _ in self.registry.gauges().values())
 
     @property
     def alive(self) -> bool:
-        return self.listeners.alive and self.follower.alive
+        """False once drained: Ray Serve's health check then replaces the replica."""
+        drained = self._drained is not None and self._drained.done()
+        return self.listeners.alive and self.follower.alive and not drained

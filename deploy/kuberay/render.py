@@ -1,5 +1,6 @@
-"""Render the KubeRay manifests: a RayService running the server, a Service for its three ports,
-a PodMonitor for kube-prometheus-stack, a NetworkPolicy, and the model repository's claim.
+"""Render the KubeRay manifests: a RayService running the server (with its serve Service on
+the three ports), a PodMonitor for kube-prometheus-stack, a NetworkPolicy, and the model
+repository's claim.
 
     python deploy/kuberay/render.py [--image IMAGE] [--gpu-image IMAGE] [--out deploy/kuberay]
 
@@ -26,7 +27,8 @@ NAME = "serving"
 APP_LABEL = {"app.kubernetes.io/name": NAME}
 MODELS_CLAIM = "serving-models"
 MODELS_PATH = "/models"
-PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}
+PORTS = {"serve": 8000, "grpc": 8001, "metrics": 8002}
+"""HTTP on the port KubeRay calls ``serve`` (it checks ``GET /-/healthz`` there)."""
 HEAD_PORTS = {"gcs-server": 6379, "dashboard": 8265, "client": 10001}
 DASHBOARD_AGENT_PORT = 52365
 """The KubeRay operator calls the head's dashboard (and its agent) to deploy and watch Serve."""
@@ -35,6 +37,17 @@ RAY_ENV = {
     "RAY_worker_niceness": "0",  # replicas at normal priority (Ray starts workers at nice 15)
 }
 PROBE = {"periodSeconds": 5, "timeoutSeconds": 2}
+RAYLET_HEALTH = "wget -T 2 -q -O- http://localhost:52365/api/local_raylet_healthz | grep success"
+"""Liveness is the Ray node's, as KubeRay's default: a worker whose replica is loading a big
+model, or was scaled away, is alive (and not ready)."""
+DEREGISTER_S = 7.0
+"""A leaving replica keeps accepting this long while not ready: more than the readiness
+probe's period, so that the Service has stopped sending it connections."""
+PRE_STOP = (
+    'python -c "import urllib.request as u; u.urlopen(u.Request('
+    "'http://127.0.0.1:8000/-/drain', method='POST'), timeout=5)\" ; sleep 20"
+)
+"""Before a worker pod stops (upgrade, node drain, eviction): its replica drains first."""
 WORKER_CPUS = 4
 MAX_WORKERS = 8
 
@@ -90,11 +103,12 @@ def _workers(image: str, gpu: bool) -> dict[str, Any]:
         "ports": [{"name": n, "containerPort": p} for n, p in PORTS.items()],
         "resources": {"requests": requests, "limits": limits},
         "volumeMounts": mounts,
-        # The server's own v2 health endpoints (KubeRay adds none where these are set).
-        "readinessProbe": {"httpGet": {"path": "/v2/health/ready", "port": PORTS["http"]},
+        # Ready: the server's own v2 endpoint (KubeRay adds no probe where one is set).
+        "readinessProbe": {"httpGet": {"path": "/v2/health/ready", "port": PORTS["serve"]},
                            **PROBE, "failureThreshold": 1},
-        "livenessProbe": {"httpGet": {"path": "/v2/health/live", "port": PORTS["http"]},
-                          **PROBE, "failureThreshold": 6, "initialDelaySeconds": 30},
+        "livenessProbe": {"exec": {"command": ["bash", "-c", RAYLET_HEALTH]},
+                          **PROBE, "failureThreshold": 12},
+        "lifecycle": {"preStop": {"exec": {"command": ["bash", "-c", PRE_STOP]}}},
     }  # fmt: skip
     return {
         "groupName": "gpu" if gpu else "cpu",
@@ -116,13 +130,14 @@ def _workers(image: str, gpu: bool) -> dict[str, Any]:
 def rayservice(image: str, gpu: bool) -> dict[str, Any]:
     config = ServerConfig(
         repository=Path(MODELS_PATH),
-        http_port=PORTS["http"],
+        http_port=PORTS["serve"],
         grpc_port=PORTS["grpc"],
         metrics_port=PORTS["metrics"],
         # A replica per worker's CPUs; Serve adds replicas with the load, and KubeRay's
         # autoscaler adds worker pods for replicas that do not fit.
         replica_cpus=WORKER_CPUS,
         autoscaling=AutoscalingConfig(min_replicas=2, max_replicas=MAX_WORKERS),
+        deregister_s=DEREGISTER_S,
     )
     return {
         "apiVersion": "ray.io/v1",
@@ -130,6 +145,10 @@ def rayservice(image: str, gpu: bool) -> dict[str, Any]:
         "metadata": {"name": NAME, "labels": dict(APP_LABEL)},
         "spec": {
             "serveConfigV2": serve_config(config, name=NAME),
+            # KubeRay's serve Service, with the three ports: it points the Service at the
+            # cluster that serves, and switches it on an upgrade only once the new one does.
+            "serveService": serve_service(),
+            "excludeHeadPodFromServeSvc": True,
             "rayClusterConfig": {
                 "rayVersion": version("ray"),
                 "enableInTreeAutoscaling": True,
@@ -140,16 +159,12 @@ def rayservice(image: str, gpu: bool) -> dict[str, Any]:
     }
 
 
-def service() -> dict[str, Any]:
+def serve_service() -> dict[str, Any]:
+    """The Service KubeRay creates for the pods it admitted to serve (``GET /-/healthz`` on
+    the ``serve`` port answered "success"); it sets the selector."""
     return {
-        "apiVersion": "v1",
-        "kind": "Service",
         "metadata": {"name": NAME, "labels": dict(APP_LABEL)},
-        "spec": {
-            # The pods KubeRay has admitted to serve (GET /-/healthz on the serve port).
-            "selector": {**APP_LABEL, "ray.io/serve": "true"},
-            "ports": [{"name": n, "port": p, "targetPort": n} for n, p in PORTS.items()],
-        },
+        "spec": {"ports": [{"name": n, "port": p, "targetPort": p} for n, p in PORTS.items()]},
     }
 
 
@@ -207,7 +222,7 @@ def models_claim() -> dict[str, Any]:
 
 
 def manifests(image: str, gpu: bool) -> list[dict[str, Any]]:
-    return [models_claim(), rayservice(image, gpu), service(), pod_monitor(), network_policy()]
+    return [models_claim(), rayservice(image, gpu), pod_monitor(), network_policy()]
 
 
 class _Dumper(yaml.SafeDumper):

@@ -69,6 +69,7 @@ class ControllerActor:
         self._state_file = state_file
         self._controller: Controller | None = None
         self._starting: asyncio.Future[None] | None = None
+        self._configuring = asyncio.Lock()
 
     def _new(self, settings: ControlSettings, state_file: str | None) -> Controller:
         return Controller(
@@ -93,15 +94,16 @@ class ControllerActor:
     async def configure(self, settings: ControlSettings, state_file: str | None) -> int:
         """Take new settings (a redeploy), planning the state again only when they differ.
         Returns the current revision."""
-        controller = await self._started()
-        if settings != self._settings or state_file != self._state_file:
-            logger.info("controller settings changed; planning the state again")
-            await controller.stop()
-            self._settings, self._state_file = settings, state_file
-            fresh = self._new(settings, state_file)
-            await fresh.start(revision_floor=controller.state.revision)
-            self._controller = controller = fresh
-        return controller.state.revision
+        async with self._configuring:  # replicas starting together all configure
+            controller = await self._started()
+            if settings != self._settings or state_file != self._state_file:
+                logger.info("controller settings changed; planning the state again")
+                await controller.stop()
+                self._settings, self._state_file = settings, state_file
+                fresh = self._new(settings, state_file)
+                await fresh.start(revision_floor=controller.state.revision)
+                self._controller = controller = fresh
+            return controller.state.revision
 
     async def current(self) -> DesiredState:
         return (await self._started()).state

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 from typing import Any
 
@@ -41,7 +42,6 @@ def serve_autoscaling_config(config: AutoscalingConfig) -> dict[str, Any]:
     return {
         "min_replicas": config.min_replicas,
         "max_replicas": config.max_replicas,
-        "initial_replicas": config.min_replicas,
         "target_ongoing_requests": config.target_in_flight,
         "metrics_interval_s": METRICS_INTERVAL_S,
         "look_back_period_s": config.look_back_s,
@@ -58,8 +58,8 @@ def desired_replicas(in_flight: float, target: float, low: int, high: int) -> in
     return max(low, min(high, wanted))
 
 
-_reporters: dict[str, tuple[Any, float]] = {}
-"""app → (its controller's handle or None, when it was last reported to or looked up)."""
+_reporters: dict[str, _Reporter] = {}
+LOOKUP_EVERY_S = 10.0
 
 
 def policy(ctx: Any) -> tuple[int, dict[str, Any]]:
@@ -94,19 +94,40 @@ def policy(ctx: Any) -> tuple[int, dict[str, Any]]:
 
 
 def _report(app: str, reading: dict[str, Any]) -> None:
-    import ray
-
-    from serving.control.actor import existing_controller
-
+    """Send ``reading`` to the app's controller, at most every ``REPORT_EVERY_S``. The handle is
+    looked up in a thread (a GCS call must not stall Serve's loop) and again every
+    ``LOOKUP_EVERY_S`` (the app may have been deleted and deployed again)."""
     now = time.monotonic()
-    handle, last = _reporters.get(app, (None, -math.inf))
-    if now - last < (REPORT_EVERY_S if handle is not None else 10.0):
+    reporter = _reporters.setdefault(app, _Reporter())
+    if now - reporter.sent < REPORT_EVERY_S:
         return
-    if handle is None:
-        handle = existing_controller(app)
-    _reporters[app] = (handle, now)
-    if handle is not None:
-        try:
-            handle.note_autoscaling.remote({**reading, "at": time.time()})
-        except ray.exceptions.RayActorError:
-            _reporters[app] = (None, now)
+    reporter.sent = now
+    if reporter.handle is None or now - reporter.looked_up > LOOKUP_EVERY_S:
+        reporter.look_up(app, now)
+    if reporter.handle is not None:
+        reporter.handle.note_autoscaling.remote({**reading, "at": time.time()})
+
+
+class _Reporter:
+    def __init__(self) -> None:
+        self.handle: Any = None
+        self.sent = -math.inf
+        self.looked_up = -math.inf
+        self._looking = False
+
+    def look_up(self, app: str, now: float) -> None:
+        if self._looking:
+            return
+        self._looking, self.looked_up = True, now
+
+        def find() -> None:
+            from serving.control.actor import existing_controller
+
+            try:
+                self.handle = existing_controller(app)
+            except Exception:
+                self.handle = None
+            finally:
+                self._looking = False
+
+        threading.Thread(target=find, name="autoscaling-lookup", daemon=True).start()

@@ -270,6 +270,11 @@ def app(args: dict[str, Any]) -> serve.Application:
         config = ServerConfig.model_validate(args)
     except pydantic.ValidationError as error:
         raise ValueError(f"serving: invalid args: {describe_errors(error)}") from None
+    if config.replica_cpus is None and not _node_cpus(config):
+        raise ValueError(
+            "serving: no Ray node with CPUs for a replica has joined yet, so the replicas "
+            "cannot be sized to the cluster: give replica_cpus in the args"
+        )
     return build(sized(config)[0])
 
 

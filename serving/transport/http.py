@@ -91,6 +91,11 @@ def build_app(
         ok = dataplane.ready()
         return PlainTextResponse("success" if ok else "not ready", 200 if ok else 503)
 
+    async def drain(request: Request) -> Response:
+        answer = _json(dataplane.drain(peer=peer(request)))
+        answer.headers.update(served)  # which replica is leaving
+        return answer
+
     async def server_metadata(request: Request) -> Response:
         return _json(dataplane.server_metadata())
 
@@ -237,6 +242,7 @@ def build_app(
         Route("/v2/health/live", live),
         Route("/v2/health/ready", ready),
         Route("/-/healthz", healthz),
+        Route("/-/drain", drain, methods=["POST"]),
         Route("/v2", server_metadata),
         Route("/v2/models/stats", statistics),
         Route("/v2/-/summary", summary),

@@ -156,15 +156,19 @@ class Listeners:
                 raise RuntimeError("servers failed to start") from self._task.exception()
             raise TimeoutError(f"servers did not start within {timeout_s} s")
 
-    async def drain(self, timeout_s: float) -> None:
-        """Move clients off this replica before it stops: its HTTP and gRPC listening sockets
+    async def drain(self, deregister_s: float, timeout_s: float) -> None:
+        """Move clients off this replica before it stops (the caller has made it answer
+        not-ready). First, for ``deregister_s``, it keeps accepting (a load balancer or a
+        Kubernetes Service may still send new connections its way until its readiness check
+        fails) while every HTTP answer says ``Connection: close``. Then its listening sockets
         close (new connections go to the node's other replicas), gRPC sends GOAWAY (channels
-        reconnect, and calls the server did not take are retried by the client), and every
-        HTTP answer says ``Connection: close``; returns once no HTTP connection is left, or
-        after ``timeout_s`` (connections whose clients send nothing more)."""
+        reconnect, and calls the server did not take are retried by the client), and it
+        returns once no HTTP connection is left, or after ``timeout_s`` (connections whose
+        clients send nothing more)."""
         if self._uvicorn is None or self._draining is None:
             return
         self._draining.on = True
+        await asyncio.sleep(deregister_s)
         for server in getattr(self._uvicorn, "servers", []):
             server.close()
         if self._grpc is not None:

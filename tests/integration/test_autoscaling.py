@@ -18,6 +18,7 @@ import onnx
 import pytest
 
 from serving.control import cluster
+from serving.transport.http import SERVED_BY
 from tests.integration import canaries
 from tests.integration.clients import In, V2Client
 from tests.integration.conftest import Server, running_server
@@ -169,3 +170,51 @@ def test_load_adds_a_replica_and_idleness_removes_it_without_a_failed_request(
     # The test counts from before a request is sent to after its answer is read, the
     # replicas from when it enters a model version to when it leaves: a little less.
     assert driven * 0.8 <= read <= driven * 1.05, (read, driven)
+
+
+def test_a_drained_replica_moves_its_clients_off_and_is_replaced(
+    ray_serve: None, demo_repository: Path
+) -> None:
+    """``POST /-/drain`` (a Kubernetes preStop hook's call): the replica that takes it says
+    not-ready and ``Connection: close`` while it still accepts, then closes its sockets and
+    GOAWAYs its gRPC clients; Ray Serve replaces it. Continuous clients on both protocols,
+    on kept-alive and fresh connections, see no failure."""
+    with running_server("drained", demo_repository, replicas=2, deregister_s=3.0) as app:
+        before = set(cluster.replica_actor_names(app.app))
+        assert len(before) == 2
+        traffic = Traffic(
+            app.http_url, app.grpc_url, "digits", [In("input", PIXELS, "FP32")],
+            lambda outputs: None, rate_per_s=100,
+        )  # fmt: skip
+        with traffic:
+            traffic.wait_for(50)
+            drained = httpx.post(f"http://{app.http_url}/-/drain", timeout=10)
+            assert drained.status_code == 200 and drained.json() == {"draining": True}
+            victim = drained.headers[SERVED_BY]
+            closing = None
+            for _ in range(100):  # fresh connections: the kernel spreads them over both
+                with httpx.Client(timeout=10) as client:
+                    answer = client.post(
+                        f"http://{app.http_url}/v2/models/digits/infer",
+                        json={"inputs": [{"name": "input", "shape": [1, 64],
+                                          "datatype": "FP32", "data": [8.0] * 64}]},
+                    )  # fmt: skip
+                assert answer.status_code == 200
+                if answer.headers[SERVED_BY] == victim:
+                    closing = answer
+                    break
+            assert closing is not None, "the draining replica took no new connection"
+            assert closing.headers["connection"] == "close"
+            ready = httpx.get(f"http://{app.http_url}/v2/health/ready", timeout=10)
+            assert ready.status_code in (200, 503)  # whichever replica the probe reached
+            replaced = until(
+                lambda: (now := set(cluster.replica_actor_names(app.app))) != before
+                and len(now) == 2,
+                90, "the drained replica replaced",
+            )  # fmt: skip
+            traffic.wait_for(50)
+        print(
+            f"drained replica replaced after {replaced:.1f} s; clients answered "
+            f"{traffic.tally.answered}, failed {traffic.tally.failed}"
+        )
+        assert traffic.tally.failed == 0, traffic.tally.failures

@@ -176,8 +176,10 @@ def test_unknown_keys_are_refused_naming_them(
 def test_the_kuberay_probes_and_scrapes_point_at_endpoints_the_server_answers(
     server: Server,
 ) -> None:
-    """Every httpGet probe, KubeRay's own serve check (``GET /-/healthz`` on the serve port,
-    "success" in the body) and the PodMonitor's endpoint, against a running server."""
+    """Every httpGet probe, KubeRay's own serve check (``GET /-/healthz`` on the ``serve``
+    port, "success" in the body) and the PodMonitor's endpoint, against a running server.
+    (Liveness is the raylet's, as KubeRay's default; the preStop hook's drain is tested in
+    test_autoscaling.py.)"""
     root = Path(__file__).resolve().parents[2] / "deploy" / "kuberay"
     by_port = {8000: server.http_url, 8002: server.metrics_url}
     checked = []
@@ -187,15 +189,15 @@ def test_the_kuberay_probes_and_scrapes_point_at_endpoints_the_server_answers(
                 for group in document["spec"]["rayClusterConfig"]["workerGroupSpecs"]:
                     for container in group["template"]["spec"]["containers"]:
                         ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-                        for probe in ("readinessProbe", "livenessProbe"):
-                            get = container[probe]["httpGet"]
-                            checked.append((get["port"], get["path"], ""))
-                        checked.append((ports["http"], "/-/healthz", "success"))
+                        get = container["readinessProbe"]["httpGet"]
+                        checked.append((get["port"], get["path"], ""))
+                        checked.append((ports["serve"], "/-/healthz", "success"))
+                        assert "local_raylet_healthz" in str(container["livenessProbe"])
             elif document["kind"] == "PodMonitor":
                 for endpoint in document["spec"]["podMetricsEndpoints"]:
                     checked.append((8002 if endpoint["port"] == "metrics" else -1,
                                     endpoint["path"], "serving_requests_total"))  # fmt: skip
-    assert len(checked) == 8
+    assert len(checked) == 6
     for port, path, body in checked:
         answer = httpx.get(f"http://{by_port[port]}{path}", timeout=10)
         assert answer.status_code == 200, (port, path, answer.text)

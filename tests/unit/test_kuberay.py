@@ -68,9 +68,8 @@ def test_every_manifest_validates(variant: str) -> None:
             assert not errors, (key, errors)
         else:
             kubernetes_validate.validate(document, KUBERNETES, strict=True)
-    assert sorted(kinds) == sorted(
-        ["PersistentVolumeClaim", "RayService", "Service", "PodMonitor", "NetworkPolicy"]
-    )
+    assert sorted(kinds) == sorted(["PersistentVolumeClaim", "RayService", "PodMonitor",
+                                    "NetworkPolicy"])  # fmt: skip
 
 
 def test_the_validators_refuse_unknown_fields() -> None:
@@ -106,11 +105,19 @@ def test_the_committed_manifests_are_what_render_writes(tmp_path: Path) -> None:
         assert rendered == (KUBERAY / variant / "serving.yaml").read_text(), variant
 
 
-def test_the_gpu_variant_asks_for_a_gpu_and_the_service_exposes_the_three_ports() -> None:
+def test_the_gpu_variant_asks_for_a_gpu_and_the_pods_expose_and_drain() -> None:
     (service,) = [d for d in documents("gpu") if d["kind"] == "RayService"]
     (workers,) = service["spec"]["rayClusterConfig"]["workerGroupSpecs"]
     (container,) = workers["template"]["spec"]["containers"]
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert workers["rayStartParams"]["num-gpus"] == "1"
-    (exposed,) = [d for d in documents("cpu") if d["kind"] == "Service"]
+    (cpu,) = [d for d in documents("cpu") if d["kind"] == "RayService"]
+    exposed = cpu["spec"]["serveService"]  # KubeRay's serve Service, with our ports
     assert {p["port"] for p in exposed["spec"]["ports"]} == {8000, 8001, 8002}
+    (workers,) = cpu["spec"]["rayClusterConfig"]["workerGroupSpecs"]
+    (container,) = workers["template"]["spec"]["containers"]
+    assert {"name": "serve", "containerPort": 8000} in container["ports"]
+    assert "/-/drain" in " ".join(container["lifecycle"]["preStop"]["exec"]["command"])
+    args = yaml.safe_load(cpu["spec"]["serveConfigV2"])["applications"][0]["args"]
+    probe = container["readinessProbe"]
+    assert args["deregister_s"] > probe["periodSeconds"] * probe["failureThreshold"]
