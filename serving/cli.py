@@ -213,6 +213,15 @@ def _server_config(options: dict[str, Any], *, embedded: bool) -> ServerConfig:
     if state_file is None and embedded:
         state_file = default_state_file(repository, APP_NAME)
     max_replicas = options["max_replicas"]
+    if max_replicas is None and (
+        options["min_replicas"] != 1
+        or options["target_in_flight"] != 8.0
+        or options["downscale_delay_s"] != 60.0
+    ):
+        raise typer.BadParameter(
+            "--min-replicas, --target-in-flight and --downscale-delay-s shape autoscaling: "
+            "give --max-replicas too"
+        )
     try:
         return ServerConfig(
             repository=repository,

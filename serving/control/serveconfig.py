@@ -56,7 +56,7 @@ def check(document: Any) -> list[str]:
     except pydantic.ValidationError as error:
         return [*problems, f"Ray Serve's schema: {describe_errors(error)}"]
     for index, application in enumerate(schema.applications):
-        if application.import_path != IMPORT_PATH:
+        if application.import_path not in (IMPORT_PATH, IMPORT_PATH.replace(":", ".")):
             continue
         try:
             ServerConfig.model_validate(application.args or {})
