@@ -244,9 +244,10 @@ class ServerConfig(_Frozen):
         return max(1, round(self.cpus / self.instances(model)))
 
 
-def describe_errors(error: ValidationError) -> str:
-    """A validation error in one line, each problem with the key it is about."""
+def describe_errors(error: ValidationError, *, top: str = "(top)") -> str:
+    """A validation error in one line, each problem with the key it is about (``top`` for
+    the document as a whole)."""
     return "; ".join(
-        f"{'.'.join(str(p) for p in item['loc']) or '(top)'}: {item['msg']}"
+        f"{'.'.join(str(p) for p in item['loc']) or top}: {item['msg']}"
         for item in error.errors()
     )

@@ -6,6 +6,7 @@ from typing import Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from serving.config import describe_errors
 from serving.errors import InvalidInputError
 from serving.traffic.rollout import DEFAULT_STEPS, Gates, Step
 
@@ -71,8 +72,4 @@ def parse(kind: type[T], document: object, what: str) -> T:
     try:
         return kind.model_validate(document)
     except ValidationError as error:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in item['loc']) or 'body'}: {item['msg']}"
-            for item in error.errors()
-        )
-        raise InvalidInputError(f"{what}: {problems}") from None
+        raise InvalidInputError(f"{what}: {describe_errors(error, top='body')}") from None
