@@ -31,6 +31,7 @@ PIXELS = np.arange(64, dtype=np.float32).reshape(1, 64) % 17
 class LocalRay:
     dashboard: str
     env: dict[str, str]
+    agent_port: int
 
     def run(self, *command: str, timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -57,11 +58,11 @@ def local_ray(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRay]:
         "RAY_AUTH_TOKEN": secrets.token_hex(32),
         "COLUMNS": "200",
     }
-    dashboard = _free_port()
+    dashboard, agent = _free_port(), _free_port()
     ports = {
         "--port": _free_port(),
         "--dashboard-port": dashboard,
-        "--dashboard-agent-listen-port": _free_port(),
+        "--dashboard-agent-listen-port": agent,
         "--dashboard-agent-grpc-port": _free_port(),
         "--metrics-export-port": _free_port(),
         "--runtime-env-agent-port": _free_port(),
@@ -75,7 +76,7 @@ def local_ray(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRay]:
         ],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
-    ray = LocalRay(f"http://127.0.0.1:{dashboard}", env)
+    ray = LocalRay(f"http://127.0.0.1:{dashboard}", env, agent)
     try:
         deadline = time.monotonic() + 90
         while ray.run("serve", "status", "-a", ray.dashboard).returncode != 0:
@@ -202,3 +203,19 @@ def test_the_kuberay_probes_and_scrapes_point_at_endpoints_the_server_answers(
         answer = httpx.get(f"http://{by_port[port]}{path}", timeout=10)
         assert answer.status_code == 200, (port, path, answer.text)
         assert body in answer.text, (port, path)
+
+
+def test_the_kuberay_liveness_probe_asks_what_a_ray_node_answers(local_ray: LocalRay) -> None:
+    """The workers' liveness is the raylet's health, read from the node's dashboard agent
+    (52365 in a pod; this local Ray's agent listens elsewhere)."""
+    root = Path(__file__).resolve().parents[2] / "deploy" / "kuberay"
+    for variant in ("cpu", "gpu"):
+        for document in yaml.safe_load_all((root / variant / "serving.yaml").read_text()):
+            if document["kind"] != "RayService":
+                continue
+            for group in document["spec"]["rayClusterConfig"]["workerGroupSpecs"]:
+                (container,) = group["template"]["spec"]["containers"]
+                command = " ".join(container["livenessProbe"]["exec"]["command"])
+                url = command.split("http://localhost:52365", 1)[1].split()[0]
+                answer = httpx.get(f"http://127.0.0.1:{local_ray.agent_port}{url}", timeout=10)
+                assert answer.status_code == 200 and "success" in answer.text, answer.text
