@@ -248,6 +248,5 @@ def describe_errors(error: ValidationError, *, top: str = "(top)") -> str:
     """A validation error in one line, each problem with the key it is about (``top`` for
     the document as a whole)."""
     return "; ".join(
-        f"{'.'.join(str(p) for p in item['loc']) or top}: {item['msg']}"
-        for item in error.errors()
+        f"{'.'.join(str(p) for p in item['loc']) or top}: {item['msg']}" for item in error.errors()
     )
