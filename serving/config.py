@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from serving.observe.drift import DriftSettings
 from serving.protocol.datatypes import DATATYPES
@@ -101,6 +109,24 @@ class ModelConfig(_Frozen):
     """Preferred ONNX Runtime providers in order; those not available are skipped."""
     model_filename: str = "model.onnx"
     """The file inside each version directory."""
+
+    @field_validator("model_filename")
+    @classmethod
+    def _inside_the_version_folder(cls, value: str) -> str:
+        path = PurePosixPath(value)
+        if (
+            not value.strip()
+            or path.is_absolute()
+            or "\\" in value
+            or value.startswith("~")
+            or ".." in path.parts
+        ):
+            raise ValueError(
+                f"'{value}' must name a file inside the version folder (a relative path "
+                "without '..')"
+            )
+        return value
+
     labels: dict[str, str] = Field(default_factory=dict)
     """Free-form metadata reported with the model, such as a git SHA or a data hash."""
 

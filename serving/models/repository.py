@@ -123,6 +123,19 @@ def scan_model(directory: Path, override: ModelConfig | None = None) -> ModelSou
     if not chosen:
         return ModelSource(name, directory, config, error="no version directories found")
     versions = [VersionSource(v, directory / str(v) / config.model_filename) for v in chosen]
+    folder = directory.resolve()
+    if folder.parent != directory.parent.resolve():
+        return ModelSource(
+            name, directory, config, error=f"the model folder leads out of the repository "
+            f"(a symlink to {folder})"
+        )  # fmt: skip
+    for found_version in versions:
+        if not found_version.path.resolve().is_relative_to(folder):
+            return ModelSource(
+                name, directory, config, error=f"version {found_version.version}'s "
+                f"{config.model_filename} leads out of the model's folder (a symlink to "
+                f"{found_version.path.resolve()})",
+            )  # fmt: skip
     return ModelSource(name, directory, config, versions)
 
 

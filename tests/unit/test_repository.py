@@ -56,6 +56,51 @@ def test_unknown_config_field_is_refused(tmp_path: Path) -> None:
     assert source.error is not None and "max_batch_sise" in source.error
 
 
+@pytest.mark.parametrize(
+    ("config", "named"),
+    [
+        ("model_filename: /etc/passwd\n", "'/etc/passwd' must name a file inside"),
+        ("model_filename: ../../other/1/model.onnx\n", "without '..'"),
+        ("model_filename: sub/../../x.onnx\n", "without '..'"),
+        ("model_filename: '~/x.onnx'\n", "must name a file inside"),
+    ],
+)
+def test_a_model_file_outside_its_version_folder_makes_only_that_model_unavailable(
+    tmp_path: Path, config: str, named: str
+) -> None:
+    make_model(tmp_path, "bad", [1], config)
+    make_model(tmp_path, "good", [1])
+    bad, good = scan(tmp_path)  # nothing raises out of the scan
+    assert bad.error is not None and named in bad.error, bad.error
+    assert good.error is None and [v.version for v in good.versions] == [1]
+
+
+def test_tritons_default_model_filename_is_held_to_the_same_rule(tmp_path: Path) -> None:
+    (tmp_path / "t" / "1").mkdir(parents=True)
+    (tmp_path / "t" / "config.pbtxt").write_text(
+        'platform: "onnxruntime_onnx"\ndefault_model_filename: "/etc/passwd"\n'
+    )
+    (source,) = scan(tmp_path)
+    assert source.error is not None and "'/etc/passwd' must name a file inside" in source.error
+
+
+def test_symlinks_out_of_the_repository_are_refused(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    make_model(outside, "m", [1])
+    repo = tmp_path / "repo"
+    make_model(repo, "good", [1])
+    (repo / "linked").symlink_to(outside / "m")  # a whole model folder
+    (repo / "version").mkdir()
+    (repo / "version" / "1").symlink_to(outside / "m" / "1")  # one version folder
+    (repo / "inside").mkdir()
+    (repo / "inside" / "1").symlink_to(repo / "good" / "1")  # another model's: also refused
+    good, inside, linked, version = scan(repo)
+    assert good.error is None
+    assert linked.error is not None and "leads out of the repository" in linked.error
+    assert version.error is not None and "leads out of the model's folder" in version.error
+    assert inside.error is not None and "leads out of the model's folder" in inside.error
+
+
 def test_config_name_must_match_directory(tmp_path: Path) -> None:
     make_model(tmp_path, "m", [1], "name: other\n")
     (source,) = scan(tmp_path)
