@@ -354,10 +354,9 @@ def validate(
 def _offline_gate(repository: Path, baseline: str, candidate: int | None, margin: float) -> None:
     """The rollout's offline accuracy gate, on the repository's files: exit 1 unless the
     candidate beats the baseline by ``margin``."""
-    from serving.models.evaluation import accuracy, gate, read_evaluation, run_sync
-    from serving.models.loader import LoadError, load_version
+    from serving.models.evaluation import accuracy, gate, run_offline
+    from serving.models.loader import LoadError
     from serving.models.repository import scan_model
-    from serving.models.runtimes.onnx import open_offline
 
     model, _, version_text = baseline.partition(":")
     if not version_text.isascii() or not version_text.isdigit():
@@ -376,21 +375,14 @@ def _offline_gate(repository: Path, baseline: str, candidate: int | None, margin
     scores = {}
     for version in (stable, candidate):
         try:
-            loaded = load_version(
-                found[version].path, source.config, open_offline, shown=f"{model}/{version}"
-            )
+            evaluation, signature, outputs = run_offline(source, found[version])
+            scores[version] = accuracy(outputs, evaluation, signature)
         except LoadError as error:
             console.print(f"[red]{error.reason}[/]")
             raise typer.Exit(2) from None
-        try:
-            evaluation = read_evaluation(source.directory, loaded.signature)
-            outputs = run_sync(loaded.runtime.infer, evaluation, loaded.signature)
-            scores[version] = accuracy(outputs, evaluation, loaded.signature)
         except (FileNotFoundError, ValueError) as error:
             console.print(f"[red]{model} version {version}: {error}[/]")
             raise typer.Exit(2) from None
-        finally:
-            loaded.runtime.close()
     passed = gate(scores[stable], scores[candidate], margin)
     verdict = "[green]passes[/]" if passed else "[red]fails[/]"
     console.print(

@@ -10,11 +10,15 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from serving.models.signature import Signature
 from serving.protocol.datatypes import numpy_dtype
+
+if TYPE_CHECKING:
+    from serving.models.repository import ModelSource, VersionSource
 
 EVALUATION_FILE = "evaluation.npz"
 
@@ -78,6 +82,26 @@ def run_sync(
     """Every output over the whole set, through ``infer`` (a session's)."""
     names = signature.output_names
     return _joined([infer(chunk, names) for chunk in _chunks(evaluation, signature)], signature)
+
+
+def run_offline(
+    source: ModelSource, found: VersionSource
+) -> tuple[EvaluationSet, Signature, list[np.ndarray]]:
+    """Open ``found`` outside a server (default session options), run it over its model's
+    evaluation set and close it: the set, the version's signature and every output.
+    LoadError, FileNotFoundError (no set) and ValueError (a set that does not fit) reach the
+    caller."""
+    from serving.models.loader import load_version
+    from serving.models.runtimes.onnx import open_offline
+
+    shown = f"{source.name}/{found.version}"
+    loaded = load_version(found.path, source.config, open_offline, shown=shown)
+    try:
+        evaluation = read_evaluation(source.directory, loaded.signature)
+        outputs = run_sync(loaded.runtime.infer, evaluation, loaded.signature)
+        return evaluation, loaded.signature, outputs
+    finally:
+        loaded.runtime.close()
 
 
 async def run_async(

@@ -11,10 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from serving.models.evaluation import read_evaluation, run_sync
-from serving.models.loader import load_version
+from serving.models.evaluation import run_offline
 from serving.models.repository import scan_model
-from serving.models.runtimes.onnx import open_offline
 from serving.observe.drift import PROFILE_FILE, Profile
 
 
@@ -36,18 +34,12 @@ def profile_model(directory: Path, versions: list[int] | None = None) -> list[Pr
     for found in source.versions:
         if versions and found.version not in versions:
             continue
-        shown = f"{source.name}/{found.version}"
-        loaded = load_version(found.path, source.config, open_offline, shown=shown)
-        try:
-            signature = loaded.signature
-            evaluation = read_evaluation(source.directory, signature)
-            inputs = evaluation.inputs
-            rows = evaluation.rows
-            values = run_sync(loaded.runtime.infer, evaluation, signature)
-            outputs = dict(zip(signature.output_names, values, strict=True))
-        finally:
-            loaded.runtime.close()
-        profile = Profile.from_data(inputs, outputs, source=f"evaluation set ({rows} rows)")
+        evaluation, signature, values = run_offline(source, found)
+        outputs = dict(zip(signature.output_names, values, strict=True))
+        rows = evaluation.rows
+        profile = Profile.from_data(
+            evaluation.inputs, outputs, source=f"evaluation set ({rows} rows)"
+        )
         path = found.path.parent / PROFILE_FILE
         profile.save(path)
         done.append(Profiled(found.version, path, rows, profile.features))

@@ -254,8 +254,8 @@ class Rollout:
         # Stable's failure rate: the tighter of its upper bounds since the rollout started and
         # since the replicas started (early in a rollout, the longer history says more).
         stable_bound, stable_failed, stable_answered = min(
-            (rate_upper_bound(*server_errors(w), gates.stable_confidence), *server_errors(w))
-            for w in (since.stable, totals.stable)
+            (rate_upper_bound(failed, answered, gates.stable_confidence), failed, answered)
+            for failed, answered in map(server_errors, (since.stable, totals.stable))
         )
         p0 = min(0.5, max(gates.error_floor, gates.error_tolerance * stable_bound))
         failed, answered = server_errors(since.canary)
