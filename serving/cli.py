@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from serving.config import AutoscalingConfig, ServerConfig
+from serving.security import auth
 from serving.traffic.cli import call, rollout_app, traffic_app
 
 if TYPE_CHECKING:
@@ -126,6 +127,20 @@ def serve(
         "under ~/.local/state/serving).",
     ),
     fresh: bool = typer.Option(False, help="Ignore the saved model control state."),
+    auth_file: Path | None = typer.Option(
+        None,
+        "--auth-file",
+        envvar="SERVING_AUTH_FILE",
+        help="Tokens file: with it every call but health needs 'Authorization: Bearer'. "
+        "Tokens can also come (hashed at start) from the SERVING_TOKENS variable.",
+    ),
+    tls_cert: Path | None = typer.Option(
+        None, "--tls-cert", help="PEM certificate: HTTP and gRPC speak only TLS."
+    ),
+    tls_key: Path | None = typer.Option(None, "--tls-key", help="The certificate's PEM key."),
+    tls_client_ca: Path | None = typer.Option(
+        None, "--tls-client-ca", help="PEM CA bundle: clients must present a certificate (mTLS)."
+    ),
     log_level: str = typer.Option("info", help="Log level."),
 ) -> None:
     """Serve a model repository over KServe v2 until Ctrl-C."""
@@ -212,6 +227,13 @@ def _server_config(options: dict[str, Any], *, embedded: bool) -> ServerConfig:
     state_file = options["state_file"]
     if state_file is None and embedded:
         state_file = default_state_file(repository, APP_NAME)
+    auth_file = _absolute(options["auth_file"])
+    try:
+        auth_tokens = auth.environment_credentials()
+        if auth_file is not None and embedded:
+            auth.read_credentials(auth_file)  # fail here, not in every replica
+    except auth.CredentialsError as error:
+        raise typer.BadParameter(str(error)) from None
     max_replicas = options["max_replicas"]
     if max_replicas is None and (
         options["min_replicas"] != 1
@@ -248,16 +270,28 @@ def _server_config(options: dict[str, Any], *, embedded: bool) -> ServerConfig:
             repository_poll_s=options["repository_poll_s"],
             state_file=state_file,
             resume=not options["fresh"],
+            auth_file=auth_file,
+            auth_tokens=auth_tokens,
+            tls_cert_file=_absolute(options["tls_cert"]),
+            tls_key_file=_absolute(options["tls_key"]),
+            tls_client_ca_file=_absolute(options["tls_client_ca"]),
         )
     except pydantic.ValidationError as error:
         raise typer.BadParameter(str(error)) from None
 
 
+def _absolute(path: Path | None) -> Path | None:
+    """A path the replicas (other processes, with other working directories) can open."""
+    return None if path is None else path.expanduser().absolute()
+
+
 def _print_banner(config: ServerConfig, sizing: str, state: DesiredState) -> None:
     shown = "localhost" if config.host in ("0.0.0.0", "::") else config.host
+    scheme = "https" if config.tls_cert_file is not None else "http"
     console.print(f"[bold green]Serving[/] {config.repository}")
     console.print(f"  {sizing}")
     console.print(f"  model control: {config.model_control_mode}")
+    console.print(f"  access: {_access(config)}", highlight=False)
     table = Table(box=None, pad_edge=False)
     for column in ("model", "versions", "instances", "threads each", "batching"):
         table.add_column(column)
@@ -272,7 +306,7 @@ def _print_banner(config: ServerConfig, sizing: str, state: DesiredState) -> Non
             "-" if batching is None else f"{batching.max_queue_delay_ms:g} ms",
         )
     console.print(table)
-    console.print(f"  HTTP  http://{shown}:{config.http_port}/v2")
+    console.print(f"  HTTP  {scheme}://{shown}:{config.http_port}/v2")
     console.print(f"  gRPC  {shown}:{config.grpc_port}  (inference.GRPCInferenceService)")
     if config.metrics_port is not None:
         console.print(f"  metrics  http://{shown}:{config.metrics_port}/metrics")
@@ -284,12 +318,25 @@ def _print_banner(config: ServerConfig, sizing: str, state: DesiredState) -> Non
     if "add_sub" in state.models:
         console.print("Try:")
         console.print(
-            f"  curl -s -X POST http://{shown}:{config.http_port}/v2/models/add_sub/infer "
+            f"  curl -s -X POST {scheme}://{shown}:{config.http_port}/v2/models/add_sub/infer "
             f"-d '{body}'",
             soft_wrap=True,
             highlight=False,
         )
     console.print("Press Ctrl-C to stop.")
+
+
+def _access(config: ServerConfig) -> str:
+    """Who may call: the banner's one line about credentials and TLS."""
+    tls = "TLS" if config.tls_cert_file is not None else "no TLS"
+    if config.tls_client_ca_file is not None:
+        tls = "mutual TLS"
+    if config.auth_file is None and not config.auth_tokens:
+        return f"no credentials (inference open, admin calls from loopback only), {tls}"
+    sources = [str(config.auth_file)] if config.auth_file is not None else []
+    if config.auth_tokens:
+        sources.append(f"{len(config.auth_tokens)} from {auth.TOKENS_ENV}")
+    return f"bearer tokens ({', '.join(sources)}), {tls}"
 
 
 @app.command()

@@ -216,6 +216,19 @@ class ServerConfig(_Frozen):
     """This server start's id (set when it deploys): names the node's metrics directory."""
     access_log: bool = False
     """Write a JSON line per inference request to the ``serving.access`` logger."""
+    auth_file: Path | None = None
+    """A tokens file (``security/auth.py`` gives its format) that each replica reads at start;
+    with credentials configured, every call but health needs ``Authorization: Bearer``."""
+    auth_tokens: tuple[str, ...] = ()
+    """Credentials as tokens-file lines with ``sha256:<hex>`` digests (the CLI puts
+    ``SERVING_TOKENS`` here, hashed)."""
+    tls_cert_file: Path | None = None
+    """PEM certificate (chain) that the HTTP and gRPC listeners present; with it, both speak
+    only TLS. Needs ``tls_key_file``."""
+    tls_key_file: Path | None = None
+    """The certificate's PEM private key."""
+    tls_client_ca_file: Path | None = None
+    """PEM CA bundle: clients must present a certificate it signed (mutual TLS)."""
     drift_sample_fraction: float = Field(default=0.1, ge=0, le=1)
     """Fraction of inference requests whose inputs and outputs are sampled for drift
     detection; 0 turns it off."""
@@ -243,6 +256,10 @@ class ServerConfig(_Frozen):
     def _one_way_to_count(self) -> ServerConfig:
         if self.autoscaling is not None and self.replicas is not None:
             raise ValueError("give replicas or autoscaling, not both")
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("give tls_cert_file and tls_key_file together")
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError("tls_client_ca_file (mutual TLS) needs tls_cert_file and tls_key_file")
         return self
 
     def drift_settings(self) -> DriftSettings:

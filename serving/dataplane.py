@@ -32,7 +32,6 @@ from serving.models.version import ModelVersion
 from serving.observe.logs import AccessLog, Trace
 from serving.observe.stats import StatsWindow
 from serving.protocol.datatypes import to_triton
-from serving.security.admin import require_admin
 from serving.status import http_status
 from serving.traffic.admin import TrafficAdmin
 from serving.traffic.routing import ROUTING_PARAMETER
@@ -166,10 +165,9 @@ class DataPlane:
     def set_ready(self, ready: bool) -> None:
         self._ready = ready
 
-    def drain(self, *, peer: str | None) -> dict[str, Any]:
-        """Start this replica's drain (loopback only): not ready at once, clients moved off,
-        then replaced."""
-        require_admin(peer)
+    def drain(self) -> dict[str, Any]:
+        """Start this replica's drain (the transports take it from loopback only): not ready
+        at once, clients moved off, then replaced."""
         self.on_drain()
         return {"draining": True}
 
@@ -436,10 +434,10 @@ class DataPlane:
         )
         return rows
 
-    async def load_model(self, name: str, parameters: dict[str, Any], *, peer: str | None) -> None:
-        """Triton's model control load: ``parameters`` may carry ``config`` (Triton's model
-        configuration as JSON, in place of the model's own config file)."""
-        require_admin(peer)
+    async def load_model(self, name: str, parameters: dict[str, Any]) -> None:
+        """Triton's model control load (an admin call: the transports check the caller):
+        ``parameters`` may carry ``config`` (Triton's model configuration as JSON, in place of
+        the model's own config file)."""
         override = None
         for key, value in parameters.items():
             if key == "config":
@@ -454,10 +452,7 @@ class DataPlane:
                 raise InvalidInputError(f"unrecognized load parameter '{key}'")
         await self._control.load(name, override)
 
-    async def unload_model(
-        self, name: str, parameters: dict[str, Any], *, peer: str | None
-    ) -> None:
-        require_admin(peer)
+    async def unload_model(self, name: str, parameters: dict[str, Any]) -> None:
         for key, value in parameters.items():
             if key != "unload_dependents":
                 raise InvalidInputError(f"unrecognized unload parameter '{key}'")

@@ -18,6 +18,7 @@ class ErrorCode(enum.Enum):
     RESOURCE_EXHAUSTED = "resource_exhausted"
     DEADLINE_EXCEEDED = "deadline_exceeded"
     PERMISSION_DENIED = "permission_denied"
+    UNAUTHENTICATED = "unauthenticated"
     CONFLICT = "conflict"
     INTERNAL = "internal"
 
@@ -153,6 +154,12 @@ class PermissionDeniedError(ServingError):
     """The caller may not do this."""
 
     code = ErrorCode.PERMISSION_DENIED
+
+
+class UnauthenticatedError(ServingError):
+    """The call carries no credential, or one this server does not know."""
+
+    code = ErrorCode.UNAUTHENTICATED
 
 
 class NotFoundError(ServingError):

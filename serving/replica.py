@@ -124,6 +124,7 @@ class Replica:
             loaded=list(gauges),
             loads={model: list(seconds) for model, seconds in registry.book.loads.items()},
             shadow=registry.book.shadow_snapshot(),
+            auth_failures=dict(self.listeners.auth.failures),
         )
 
     async def start(self) -> None:

@@ -21,6 +21,7 @@ STATUS: dict[ErrorCode, TransportStatus] = {
     ErrorCode.RESOURCE_EXHAUSTED: TransportStatus(413, grpc.StatusCode.RESOURCE_EXHAUSTED),
     ErrorCode.DEADLINE_EXCEEDED: TransportStatus(504, grpc.StatusCode.DEADLINE_EXCEEDED),
     ErrorCode.PERMISSION_DENIED: TransportStatus(403, grpc.StatusCode.PERMISSION_DENIED),
+    ErrorCode.UNAUTHENTICATED: TransportStatus(401, grpc.StatusCode.UNAUTHENTICATED),
     ErrorCode.CONFLICT: TransportStatus(409, grpc.StatusCode.FAILED_PRECONDITION),
     ErrorCode.INTERNAL: TransportStatus(500, grpc.StatusCode.INTERNAL),
 }

@@ -160,6 +160,13 @@ METRICS = _define(
         "within tolerance) agreed with the primary's answer.",
         ("model", "version", "shadow_version", "agreement"),
     ),
+    Definition(
+        "serving_auth_failures", "counter",
+        "Calls refused for their credential, by protocol and reason: missing (none sent), "
+        "invalid (unknown token), scope (no admin scope), peer (admin call from another host "
+        "where only loopback may make it).",
+        ("protocol", "reason"),
+    ),
 )  # fmt: skip
 
 
@@ -178,6 +185,7 @@ class NodeView:
     weights: dict[Key, float] = field(default_factory=dict)
     rollbacks: dict[Key, int] = field(default_factory=dict)
     """From the traffic tables (the same on every replica)."""
+    auth_failures: dict[tuple[str, str], int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -287,6 +295,8 @@ def families(view: NodeView) -> Iterator[Metric]:
             LOAD_BUCKETS_S,
         )
     m["serving_replicas_ready"].add_metric([], view.ready)
+    for (protocol, reason), count in sorted(view.auth_failures.items()):
+        m["serving_auth_failures"].add_metric([protocol, reason], count)
     for gauge in view.drift:
         labels = [gauge.model, _version(gauge.version)]
         m["serving_drift_detected"].add_metric(labels, int(gauge.detected))

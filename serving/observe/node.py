@@ -59,6 +59,8 @@ class ReplicaSnapshot:
     loaded: list[Key] = field(default_factory=list)
     loads: dict[str, list[float]] = field(default_factory=dict)
     shadow: dict[ShadowKey, ShadowStats] = field(default_factory=dict)
+    auth_failures: dict[tuple[str, str], int] = field(default_factory=dict)
+    """Calls refused for their credential, by (protocol, reason)."""
 
     def to_json(self) -> bytes:
         return orjson.dumps(
@@ -72,6 +74,7 @@ class ReplicaSnapshot:
                 "loaded": [[m, v] for m, v in self.loaded],
                 "loads": self.loads,
                 "shadow": [[*key, stats.to_json()] for key, stats in self.shadow.items()],
+                "auth_failures": [[p, r, n] for (p, r), n in self.auth_failures.items()],
             }
         )
 
@@ -91,6 +94,7 @@ class ReplicaSnapshot:
                 (m, p, v): ShadowStats.from_json(stats)
                 for m, p, v, stats in document.get("shadow", [])
             },
+            auth_failures={(p, r): n for p, r, n in document.get("auth_failures", [])},
         )
 
 
@@ -124,6 +128,8 @@ def node_view(
             view.shadow.setdefault(pair, ShadowStats()).add(stats)
         for model, seconds in snapshot.loads.items():
             view.loads.setdefault(model, []).extend(seconds)
+        for refused, n in snapshot.auth_failures.items():
+            view.auth_failures[refused] = view.auth_failures.get(refused, 0) + n
         if not _alive(snapshot.pid):
             continue
         view.ready += snapshot.ready

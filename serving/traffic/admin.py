@@ -14,7 +14,6 @@ from serving.models.evaluation import EvaluationSet, accuracy, gate, read_evalua
 from serving.models.registry import Registry
 from serving.models.repository import parse_version
 from serving.models.version import ModelVersion
-from serving.security.admin import require_admin
 from serving.traffic.api import RolloutBody, TrafficBody, parse
 from serving.traffic.rollout import Plan
 from serving.traffic.routing import TrafficChange
@@ -32,9 +31,8 @@ class TrafficAdmin:
         document: dict[str, Any] = await ask("the traffic table", self._control.traffic(name))
         return document
 
-    async def set(self, name: str, document: object, *, peer: str | None) -> dict[str, Any]:
+    async def set(self, name: str, document: object) -> dict[str, Any]:
         """Set a model's traffic table by hand (refused while a rollout drives it)."""
-        require_admin(peer)
         body = parse(TrafficBody, document, "traffic")
         weights = {_version(v, "weights"): w for v, w in body.weights.items()}
         shadow = None if body.shadow is None else _version(body.shadow.version, "shadow")
@@ -43,13 +41,10 @@ class TrafficAdmin:
         result: dict[str, Any] = await self._control.set_traffic(name, change)
         return result
 
-    async def start_rollout(
-        self, name: str, document: object, *, peer: str | None
-    ) -> dict[str, Any]:
+    async def start_rollout(self, name: str, document: object) -> dict[str, Any]:
         """Start a progressive rollout of ``name`` to a version; first, unless skipped, the
         offline gate: both versions scored here on the model's evaluation set, and the
         candidate refused unless it beats stable by the margin."""
-        require_admin(peer)
         body = parse(RolloutBody, document, "rollout")
         entry = self.registry.entry(name)
         canary = _version(body.version, "version")
@@ -134,9 +129,8 @@ class TrafficAdmin:
         document: dict[str, Any] = await ask("the rollout", self._control.rollout(name))
         return document
 
-    async def rollout_action(self, name: str, action: str, *, peer: str | None) -> dict[str, Any]:
+    async def rollout_action(self, name: str, action: str) -> dict[str, Any]:
         """``promote``, ``pause``, ``resume`` or ``abort`` the model's rollout."""
-        require_admin(peer)
         if action not in ACTIONS:
             raise InvalidInputError(
                 f"unknown rollout action '{action}' (promote, pause, resume, abort)"

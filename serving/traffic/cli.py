@@ -3,6 +3,7 @@ readable tables (the JSON is one ``--json`` away)."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import orjson
@@ -17,18 +18,45 @@ rollout_app = typer.Typer(
     no_args_is_help=True, help="Progressive rollouts: start, watch, promote, pause, resume, abort."
 )
 
-URL = typer.Option("localhost:8000", help="The server's HTTP address.")
+URL = typer.Option("localhost:8000", help="The server's HTTP address (https://host:port for TLS).")
 AS_JSON = typer.Option(False, "--json", help="Print the endpoint's JSON document.")
+
+
+CA_FILE_ENV = "SERVING_CA_FILE"
+"""A PEM CA bundle that the CLI trusts for an ``https://`` server (instead of the system's)."""
+CLIENT_CERT_ENV, CLIENT_KEY_ENV = "SERVING_CLIENT_CERT", "SERVING_CLIENT_KEY"
+"""The certificate and key the CLI presents to a server that asks for one (mutual TLS)."""
 
 
 def call(url: str, path: str, body: object = None, *, method: str = "GET") -> Any:
     """The server's JSON answer; exit 2 when it cannot be reached, 1 on an error answer (its
-    message printed)."""
+    message printed). ``url`` is ``host:port`` or ``https://host:port``; the credential is
+    ``SERVING_TOKEN`` (or the file ``SERVING_TOKEN_FILE`` names)."""
+    import ssl
+
     import httpx
 
+    from serving.security.auth import client_token
+
+    base = url if "://" in url else f"http://{url}"
+    headers = {}
+    token = client_token()
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    verify: ssl.SSLContext | bool = True
+    certificate, key = os.environ.get(CLIENT_CERT_ENV), os.environ.get(CLIENT_KEY_ENV)
+    if os.environ.get(CA_FILE_ENV) or certificate:
+        verify = ssl.create_default_context(cafile=os.environ.get(CA_FILE_ENV) or None)
+        if certificate:
+            verify.load_cert_chain(certificate, key or None)
     try:
         response = httpx.request(
-            method, f"http://{url}{path}", json=body if method == "POST" else None, timeout=60
+            method,
+            f"{base}{path}",
+            json=body if method == "POST" else None,
+            headers=headers,
+            timeout=60,
+            verify=verify,
         )
     except httpx.HTTPError as error:
         console.print(f"[red]cannot reach the server at {url}: {error}[/]")

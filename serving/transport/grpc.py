@@ -15,6 +15,7 @@ from serving.protocol import grpc_codec
 from serving.protocol.proto import grpc_service_pb2 as pb
 from serving.protocol.proto import grpc_service_pb2_grpc as pb_grpc
 from serving.protocol.proto import model_config_pb2 as config_pb
+from serving.security.auth import Access, Authenticator
 from serving.status import grpc_status
 from serving.traffic.routing import ROUTING_KEY
 
@@ -77,6 +78,81 @@ def peer_host(peer: str) -> str:
     return rest.rsplit(":", 1)[0].strip("[]")
 
 
+SERVICE = "/inference.GRPCInferenceService/"
+ACCESS: dict[str, Access] = {
+    **dict.fromkeys(("ServerLive", "ServerReady", "ModelReady"), "open"),
+    **dict.fromkeys(("RepositoryModelLoad", "RepositoryModelUnload"), "admin"),
+}
+"""What each method needs; every other method of the service is an ``infer`` call."""
+
+
+class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Checks each call's ``authorization`` metadata (and, for admin calls, its peer) before
+    the handler runs; refusals are UNAUTHENTICATED or PERMISSION_DENIED."""
+
+    def __init__(self, auth: Authenticator) -> None:
+        self._auth = auth
+        self._handlers: dict[str, grpc.RpcMethodHandler] = {}
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        method: str = details.method
+        cached = self._handlers.get(method)
+        if cached is not None:
+            return cached
+        handler = await continuation(details)
+        short = method.removeprefix(SERVICE)
+        access = ACCESS.get(short, "infer") if method.startswith(SERVICE) else "infer"
+        if handler is None or access == "open" or (access == "infer" and not self._auth.enabled):
+            return handler
+        auth = self._auth
+
+        async def check(context: grpc.aio.ServicerContext) -> None:
+            metadata = dict(context.invocation_metadata() or ())
+            try:
+                auth.check(
+                    access, metadata.get("authorization"), peer_host(context.peer()),
+                    protocol="grpc",
+                )  # fmt: skip
+            except ServingError as error:
+                await context.abort(grpc_status(error.code), error.message)
+
+        if handler.unary_unary is not None:
+            unary = handler.unary_unary
+
+            async def unary_checked(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                await check(context)
+                return await unary(request, context)
+
+            wrapped = grpc.unary_unary_rpc_method_handler(
+                unary_checked,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        elif handler.stream_stream is not None:
+            stream = handler.stream_stream
+
+            async def stream_checked(
+                requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
+            ) -> AsyncIterator[Any]:
+                await check(context)
+                async for response in stream(requests, context):
+                    yield response
+
+            wrapped = grpc.stream_stream_rpc_method_handler(
+                stream_checked,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        else:  # the service has no other kind of method
+            return handler
+        self._handlers[method] = wrapped
+        return wrapped
+
+
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def __init__(self, dataplane: DataPlane) -> None:
         self._dataplane = dataplane
@@ -119,17 +195,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def RepositoryModelLoad(self, request: Any, context: Any) -> Any:
         await self._dataplane.load_model(
-            request.model_name,
-            grpc_codec.parameters_to_dict(request.parameters),
-            peer=peer_host(context.peer()),
+            request.model_name, grpc_codec.parameters_to_dict(request.parameters)
         )
         return pb.RepositoryModelLoadResponse()
 
     async def RepositoryModelUnload(self, request: Any, context: Any) -> Any:
         await self._dataplane.unload_model(
-            request.model_name,
-            grpc_codec.parameters_to_dict(request.parameters),
-            peer=peer_host(context.peer()),
+            request.model_name, grpc_codec.parameters_to_dict(request.parameters)
         )
         return pb.RepositoryModelUnloadResponse()
 
@@ -164,10 +236,15 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 yield pb.ModelStreamInferResponse(infer_response=response)
 
 
-def build_grpc_server(dataplane: DataPlane, *, max_message_bytes: int) -> grpc.aio.Server:
-    """A grpc.aio server with the v2 servicer; the caller adds its port (SO_REUSEPORT on)."""
+def build_grpc_server(
+    dataplane: DataPlane, *, max_message_bytes: int, auth: Authenticator | None = None
+) -> grpc.aio.Server:
+    """A grpc.aio server with the v2 servicer; the caller adds its port (SO_REUSEPORT on).
+    ``auth`` decides who may call each method (by default: anyone, model control from
+    loopback)."""
     server = grpc.aio.server(
-        interceptors=[ErrorInterceptor()],
+        # Interceptors run in order: the caller is checked before anything else runs.
+        interceptors=[AuthInterceptor(auth or Authenticator()), ErrorInterceptor()],
         options=[
             ("grpc.so_reuseport", 1),
             ("grpc.max_receive_message_length", max_message_bytes),

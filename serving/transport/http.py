@@ -7,7 +7,7 @@ import contextlib
 import gzip
 import logging
 import zlib
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import orjson
@@ -20,6 +20,7 @@ from starlette.routing import Route
 from serving.dataplane import CLIENT_CLOSED, DataPlane
 from serving.errors import (
     ControlPlaneUnavailableError,
+    ErrorCode,
     InvalidInputError,
     OverloadedError,
     PayloadTooLargeError,
@@ -27,6 +28,7 @@ from serving.errors import (
 )
 from serving.observe.logs import REQUEST_ID, TRACEPARENT, begin_trace
 from serving.protocol import rest
+from serving.security.auth import Access, Authenticator
 from serving.status import http_status
 from serving.traffic.routing import ROUTING_KEY, VERSION_HEADER
 
@@ -37,6 +39,7 @@ SERVED_BY = "Served-By"
 ADMIN_BODY_BYTES = 1024 * 1024
 """Model control and index bodies are small (a config override at most)."""
 T = TypeVar("T")
+Endpoint = Callable[[Request], Awaitable[Response]]
 
 
 def _json(document: Any, status: int = 200) -> Response:
@@ -45,6 +48,8 @@ def _json(document: Any, status: int = 200) -> Response:
 
 def error_response(error: ServingError) -> Response:
     response = _json({"error": error.message}, http_status(error.code))
+    if error.code is ErrorCode.UNAUTHENTICATED:
+        response.headers["WWW-Authenticate"] = "Bearer"
     if isinstance(error, OverloadedError | ControlPlaneUnavailableError):
         response.headers["Retry-After"] = str(max(1, round(error.retry_after_s)))
     return response
@@ -71,11 +76,28 @@ def _parameters(document: dict[str, Any], what: str) -> dict[str, Any]:
 
 
 def build_app(
-    dataplane: DataPlane, *, max_request_bytes: int, served_by: str | None = None
+    dataplane: DataPlane,
+    *,
+    max_request_bytes: int,
+    served_by: str | None = None,
+    auth: Authenticator | None = None,
 ) -> Starlette:
     """The v2 REST routes over ``dataplane``. ``served_by`` (replica and node) goes out in a
-    ``Served-By`` header on every inference response."""
+    ``Served-By`` header on every inference response; ``auth`` decides who may call each
+    route (by default: anyone, admin calls from loopback)."""
     served = {SERVED_BY: served_by} if served_by else {}
+    auth = auth or Authenticator()
+
+    def guard(access: Access, endpoint: Endpoint) -> Endpoint:
+        if access == "open" or (access == "infer" and not auth.enabled):
+            return endpoint  # nothing to check: no cost on the request path
+
+        async def checked(request: Request) -> Response:
+            peer = request.client.host if request.client else None
+            auth.check(access, request.headers.get("authorization"), peer, protocol="http")
+            return await endpoint(request)
+
+        return checked
 
     def health(ok: bool, key: str) -> Response:
         return _json({key: ok}, 200 if ok else 503)
@@ -92,7 +114,7 @@ def build_app(
         return PlainTextResponse("success" if ok else "not ready", 200 if ok else 503)
 
     async def drain(request: Request) -> Response:
-        answer = _json(dataplane.drain(peer=peer(request)))
+        answer = _json(dataplane.drain())
         answer.headers.update(served)  # which replica is leaving
         return answer
 
@@ -130,19 +152,16 @@ def build_app(
             raise InvalidInputError("repository index 'ready' must be a boolean")
         return _json(await dataplane.repository_index(ready_only))
 
-    def peer(request: Request) -> str | None:
-        return request.client.host if request.client else None
-
     async def load(request: Request) -> Response:
         document = _optional_json(await _read_body(request, ADMIN_BODY_BYTES), "load")
         parameters = _parameters(document, "load")
-        await dataplane.load_model(request.path_params["model"], parameters, peer=peer(request))
+        await dataplane.load_model(request.path_params["model"], parameters)
         return Response(status_code=200, media_type=JSON)
 
     async def unload(request: Request) -> Response:
         document = _optional_json(await _read_body(request, ADMIN_BODY_BYTES), "unload")
         parameters = _parameters(document, "unload")
-        await dataplane.unload_model(request.path_params["model"], parameters, peer=peer(request))
+        await dataplane.unload_model(request.path_params["model"], parameters)
         return Response(status_code=200, media_type=JSON)
 
     async def traffic(request: Request) -> Response:
@@ -150,7 +169,7 @@ def build_app(
         if request.method == "GET":
             return _json(await dataplane.traffic.show(name))
         document = _optional_json(await _read_body(request, ADMIN_BODY_BYTES), "traffic")
-        return _json(await dataplane.traffic.set(name, document, peer=peer(request)))
+        return _json(await dataplane.traffic.set(name, document))
 
     async def rollout(request: Request) -> Response:
         name = request.path_params["model"]
@@ -160,16 +179,12 @@ def build_app(
             unhealthy = request.query_params.get("check") and not document["healthy"]
             return _json(document, 503 if unhealthy else 200)
         document = _optional_json(await _read_body(request, ADMIN_BODY_BYTES), "rollout")
-        return _json(await dataplane.traffic.start_rollout(name, document, peer=peer(request)))
+        return _json(await dataplane.traffic.start_rollout(name, document))
 
     async def rollout_action(request: Request) -> Response:
         params = request.path_params
         await _read_body(request, ADMIN_BODY_BYTES)
-        return _json(
-            await dataplane.traffic.rollout_action(
-                params["model"], params["action"], peer=peer(request)
-            )
-        )
+        return _json(await dataplane.traffic.rollout_action(params["model"], params["action"]))
 
     access_log = dataplane.access_log
 
@@ -236,31 +251,37 @@ def build_app(
     versioned = "/v2/models/{model}/versions/{version}"
     repository = "/v2/repository/models/{model}"
     # Starlette tries routes in order: inference first, it is what every request wants.
-    routes = [
-        Route(model + "/infer", infer, methods=["POST"]),
-        Route(versioned + "/infer", infer, methods=["POST"]),
-        Route("/v2/health/live", live),
-        Route("/v2/health/ready", ready),
-        Route("/-/healthz", healthz),
-        Route("/-/drain", drain, methods=["POST"]),
-        Route("/v2", server_metadata),
-        Route("/v2/models/stats", statistics),
-        Route("/v2/-/summary", summary),
-        Route("/v2/repository/index", repository_index, methods=["POST"]),
-        Route(repository + "/load", load, methods=["POST"]),
-        Route(repository + "/unload", unload, methods=["POST"]),
-        Route(model + "/traffic", traffic, methods=["GET", "POST"]),
-        Route(model + "/rollout", rollout, methods=["GET", "POST"]),
-        Route(model + "/rollout/{action}", rollout_action, methods=["POST"]),
+    declared: list[tuple[str, Endpoint, list[str], Access]] = [
+        (model + "/infer", infer, ["POST"], "infer"),
+        (versioned + "/infer", infer, ["POST"], "infer"),
+        ("/v2/health/live", live, ["GET"], "open"),
+        ("/v2/health/ready", ready, ["GET"], "open"),
+        ("/-/healthz", healthz, ["GET"], "open"),
+        ("/-/drain", drain, ["POST"], "local"),
+        ("/v2", server_metadata, ["GET"], "infer"),
+        ("/v2/models/stats", statistics, ["GET"], "infer"),
+        ("/v2/-/summary", summary, ["GET"], "infer"),
+        ("/v2/repository/index", repository_index, ["POST"], "infer"),
+        (repository + "/load", load, ["POST"], "admin"),
+        (repository + "/unload", unload, ["POST"], "admin"),
+        (model + "/traffic", traffic, ["GET"], "infer"),
+        (model + "/traffic", traffic, ["POST"], "admin"),
+        (model + "/rollout", rollout, ["GET"], "infer"),
+        (model + "/rollout", rollout, ["POST"], "admin"),
+        (model + "/rollout/{action}", rollout_action, ["POST"], "admin"),
     ]
     for prefix in (model, versioned):
-        routes += [
-            Route(prefix, model_metadata),
-            Route(prefix + "/ready", model_ready),
-            Route(prefix + "/config", model_config),
-            Route(prefix + "/stats", statistics),
-            Route(prefix + "/drift", drift),
+        declared += [
+            (prefix, model_metadata, ["GET"], "infer"),
+            (prefix + "/ready", model_ready, ["GET"], "open"),
+            (prefix + "/config", model_config, ["GET"], "infer"),
+            (prefix + "/stats", statistics, ["GET"], "infer"),
+            (prefix + "/drift", drift, ["GET"], "infer"),
         ]
+    routes = [
+        Route(path, guard(access, endpoint), methods=methods)
+        for path, endpoint, methods, access in declared
+    ]
     return Starlette(
         routes=routes,
         exception_handlers={

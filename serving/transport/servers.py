@@ -13,9 +13,11 @@ import asyncio
 import contextlib
 import logging
 import socket
+import ssl
 from pathlib import Path
 from typing import Any
 
+import grpc
 import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
@@ -26,6 +28,7 @@ from starlette.routing import Route
 from serving.config import ServerConfig
 from serving.dataplane import DataPlane
 from serving.observe.node import NodeMetrics
+from serving.security.auth import authenticator
 from serving.transport.grpc import build_grpc_server
 from serving.transport.http import SERVED_BY, build_app
 
@@ -109,6 +112,7 @@ class Listeners:
     ) -> None:
         self.config = config
         self.dataplane = dataplane
+        self.auth = authenticator(config.auth_file, config.auth_tokens)
         self._served_by = served_by
         self._metrics = metrics
         self._uvicorn: uvicorn.Server | None = None
@@ -129,9 +133,10 @@ class Listeners:
             self.dataplane,
             max_request_bytes=self.config.max_request_bytes,
             served_by=self._served_by,
+            auth=self.auth,
         )
         self._draining = _Draining(app)
-        self._uvicorn = _server(self._draining)
+        self._uvicorn = _server(self._draining, self.config)
         sockets = [http_socket]
         if self._metrics is not None and self.config.metrics_port is not None:
             metrics_socket = shared_socket(self.config.host, self.config.metrics_port)
@@ -195,10 +200,16 @@ class Listeners:
         grpc_server = None
         if self.config.grpc_port is not None:
             grpc_server = build_grpc_server(
-                self.dataplane, max_message_bytes=self.config.grpc_max_message_bytes
+                self.dataplane,
+                max_message_bytes=self.config.grpc_max_message_bytes,
+                auth=self.auth,
             )
             address = _address(self.config.host, self.config.grpc_port)
-            self.grpc_port = grpc_server.add_insecure_port(address)
+            credentials = grpc_credentials(self.config)
+            if credentials is None:
+                self.grpc_port = grpc_server.add_insecure_port(address)
+            else:
+                self.grpc_port = grpc_server.add_secure_port(address, credentials)
             await grpc_server.start()
             self._grpc = grpc_server
         task = asyncio.create_task(self._uvicorn.serve(sockets=[http_socket]))
@@ -230,8 +241,19 @@ class Listeners:
         return self._task is not None and not self._task.done()
 
 
-def _server(app: Any) -> uvicorn.Server:
-    return uvicorn.Server(
+def _server(app: Any, tls: ServerConfig | None = None) -> uvicorn.Server:
+    """A uvicorn server for ``app``; speaking TLS when ``tls`` (the server config) has a
+    certificate, and asking clients for theirs when it has a client CA."""
+    options: dict[str, Any] = {}
+    if tls is not None and tls.tls_cert_file is not None:
+        options = {
+            "ssl_certfile": str(tls.tls_cert_file),
+            "ssl_keyfile": str(tls.tls_key_file),
+        }
+        if tls.tls_client_ca_file is not None:
+            options["ssl_ca_certs"] = str(tls.tls_client_ca_file)
+            options["ssl_cert_reqs"] = ssl.CERT_REQUIRED
+    server = uvicorn.Server(
         uvicorn.Config(
             app,
             loop="none",
@@ -241,7 +263,23 @@ def _server(app: Any) -> uvicorn.Server:
             log_config=None,
             timeout_keep_alive=30,
             backlog=2048,
+            **options,
         )
+    )
+    if options:
+        server.config.load()  # reads the files now: a bad certificate fails the start, here
+    return server
+
+
+def grpc_credentials(config: ServerConfig) -> grpc.ServerCredentials | None:
+    """The gRPC listener's TLS credentials (None: plaintext), from the same files as HTTP's."""
+    if config.tls_cert_file is None or config.tls_key_file is None:
+        return None
+    client_ca = config.tls_client_ca_file
+    return grpc.ssl_server_credentials(
+        [(config.tls_key_file.read_bytes(), config.tls_cert_file.read_bytes())],
+        root_certificates=None if client_ca is None else client_ca.read_bytes(),
+        require_client_auth=client_ca is not None,
     )
 
 

@@ -102,7 +102,8 @@ def start_server(
         f"127.0.0.1:{grpc_port}",
         f"127.0.0.1:{metrics_port}",
     )
-    wait_ready(server.http_url)
+    if config.tls_cert_file is None:  # deploy has waited for the replicas; this checks HTTP too
+        wait_ready(server.http_url)
     return server, held
 
 

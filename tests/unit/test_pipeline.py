@@ -10,8 +10,10 @@ import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
+import grpc
 import httpx
 import pytest
 
@@ -21,12 +23,11 @@ from serving.control.channel import LocalChannel
 from serving.control.controller import Controller, ControlSettings
 from serving.control.follower import Follower
 from serving.dataplane import DataPlane
-from serving.errors import PermissionDeniedError
 from serving.models.execution import Workers
 from serving.models.registry import Registry
 from serving.protocol.proto import grpc_service_pb2 as pb
-from serving.security.admin import is_loopback
-from serving.transport.grpc import InferenceServicer, peer_host
+from serving.security.auth import Authenticator, is_loopback
+from serving.transport.grpc import AuthInterceptor, InferenceServicer, peer_host
 from serving.transport.http import build_app
 from tests.unit.fakes import FakeFiles, write_model
 
@@ -267,14 +268,38 @@ def test_model_control_is_503_where_the_mode_forbids_it(repo: Path) -> None:
     run(repo, test, mode="none")
 
 
+class Aborted(Exception):
+    pass
+
+
 class Context:
-    """What the servicer reads of a gRPC call's context."""
+    """What the servicer and the interceptors read of a gRPC call's context."""
 
     def __init__(self, peer: str) -> None:
         self._peer = peer
+        self.status: grpc.StatusCode | None = None
 
     def peer(self) -> str:
         return self._peer
+
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return ()
+
+    async def abort(self, code: grpc.StatusCode, message: str) -> None:
+        self.status = code
+        raise Aborted(message)
+
+
+async def guarded_method(servicer: InferenceServicer, name: str) -> Any:
+    """``name``'s handler as the server runs it: behind the authentication interceptor."""
+    method = f"/inference.GRPCInferenceService/{name}"
+
+    async def continuation(details: Any) -> Any:
+        return grpc.unary_unary_rpc_method_handler(getattr(servicer, name))
+
+    details = SimpleNamespace(method=method, invocation_metadata=())
+    handler = await AuthInterceptor(Authenticator()).intercept_service(continuation, details)
+    return handler.unary_unary
 
 
 def test_grpc_model_ready_of_unknown_is_false_and_control_checks_the_peer(repo: Path) -> None:
@@ -287,9 +312,13 @@ def test_grpc_model_ready_of_unknown_is_false_and_control_checks_the_peer(repo: 
         missing = await servicer.ModelReady(pb.ModelReadyRequest(name="m", version="9"), local)
         assert missing.ready is False
         request = pb.RepositoryModelUnloadRequest(model_name="other")
-        with pytest.raises(PermissionDeniedError):
-            await servicer.RepositoryModelUnload(request, Context("ipv4:192.168.1.7:4000"))
-        await servicer.RepositoryModelUnload(request, Context("ipv6:[::1]:4000"))
+        unload = await guarded_method(servicer, "RepositoryModelUnload")
+        outside = Context("ipv4:192.168.1.7:4000")
+        with pytest.raises(Aborted, match="accepted only from loopback"):
+            await unload(request, outside)
+        assert outside.status is grpc.StatusCode.PERMISSION_DENIED
+        assert stack.dataplane.model_ready("other", None)
+        await unload(request, Context("ipv6:[::1]:4000"))
         gone = await servicer.ModelReady(pb.ModelReadyRequest(name="other"), local)
         assert gone.ready is False
 
