@@ -13,6 +13,7 @@ import dataclasses
 import logging
 import math
 import os
+import secrets
 import uuid
 from dataclasses import dataclass
 from typing import Any, cast
@@ -52,6 +53,43 @@ seconds from every process through the dashboard agent, which nothing reads when
 embedded (it has no dashboard). Together: 0.045 cores idle. A Ray cluster keeps the settings of
 its own nodes."""
 
+EMBEDDED_RAY_SURFACE = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "token"}
+"""An embedded Ray is one machine's: nothing of it need be reachable from another host, and on
+a Ray reachable from elsewhere anyone can run code (its job API runs shell commands). Ray's
+single-machine mode (what it uses on macOS and Windows) makes it take 127.0.0.1 as the node's
+address, and then GCS, raylet, workers, the dashboard agent and the runtime-env agent listen on
+loopback only; token authentication (with a fresh random token per start, which Ray's processes
+inherit) keeps the machine's other users out too."""
+
+
+def embedded_ray_env() -> dict[str, str]:
+    """What an embedded Ray's processes inherit: ``EMBEDDED_RAY_ENV``, ``EMBEDDED_RAY_SURFACE``
+    and a new ``RAY_AUTH_TOKEN``. A variable the environment already sets wins."""
+    return {**EMBEDDED_RAY_ENV, **EMBEDDED_RAY_SURFACE, "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+
+
+def use_embedded_ray_env() -> None:
+    """Put ``embedded_ray_env()`` in this process's environment (what is set already wins),
+    for the Ray this process starts; Ray's processes inherit it. Ray reads its authentication
+    settings once, on first use, and its single-machine mode when imported, so both are read
+    again here."""
+    for name, value in embedded_ray_env().items():
+        os.environ.setdefault(name, value)
+    from ray._private import ray_constants
+
+    single = os.environ.get(ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR) == "0"
+    ray_constants.ENABLE_RAY_CLUSTER = not single
+    try:
+        from ray._raylet import (  # type: ignore[attr-defined]
+            AuthenticationTokenLoader,
+            Config,
+        )
+    except ImportError:  # a Ray without token authentication: nothing cached
+        return
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
+
+
 EMBEDDED_SYSTEM_CONFIG = {"worker_niceness": 0}
 """Ray starts workers at nice 15, for batch jobs; a server replica at nice 15 loses the CPU to
 any normal process, its own clients included."""
@@ -68,6 +106,25 @@ def control_settings(config: ServerConfig) -> ControlSettings:
     )
 
 
+def _inter_deployment_server_on_loopback() -> None:
+    """On a single-machine Ray, bind the gRPC server that Ray Serve starts in each replica
+    (after the deployment's constructor) for calls between deployments to loopback: Serve 2.60
+    binds it to every interface (``[::]:0``, written in ``serve/_private/replica.py``) whatever
+    the node's address. It takes Ray's token when token authentication is on; this server makes
+    no such calls, and on one machine nothing else needs it from another host."""
+    from ray.serve._private import replica as serve_replica
+
+    bind = getattr(serve_replica, "add_port_to_grpc_server", None)
+    if bind is None or getattr(bind, "loopback", False):
+        return
+
+    def loopback(server: Any, address: str) -> int:
+        return int(bind(server, "127.0.0.1:0" if address == "[::]:0" else address))
+
+    loopback.loopback = True  # type: ignore[attr-defined]
+    setattr(serve_replica, "add_port_to_grpc_server", loopback)  # noqa: B010
+
+
 @serve.deployment(
     name=DEPLOYMENT_NAME,
     health_check_period_s=5,
@@ -79,6 +136,8 @@ class ReplicaDeployment:
 
     async def __init__(self, config: ServerConfig) -> None:  # type: ignore[misc]  # Serve awaits it
         normal_priority()  # before any thread starts: threads inherit it
+        if os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER") == "0":
+            _inter_deployment_server_on_loopback()
         context = serve.get_replica_context()
         settings = control_settings(config)
         handle = controller_for(context.app_name, settings, config.state_file)
@@ -209,8 +268,7 @@ def connect(
         if address:
             ray.init(address=address, logging_level=logging.WARNING)
         else:
-            for name, value in EMBEDDED_RAY_ENV.items():
-                os.environ.setdefault(name, value)  # Ray's processes inherit the driver's env
+            use_embedded_ray_env()
             ray.init(
                 # "local": a Ray of our own, even where one started by `ray start` (or a
                 # test's cluster) runs on this machine and plain ray.init() would join it.

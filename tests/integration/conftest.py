@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import socket
 import time
 from collections.abc import Iterator
@@ -53,8 +52,7 @@ class Server:
 def ray_cluster() -> Iterator[Cluster]:
     """One Ray cluster for the session, on this machine: a head node set up as the embedded Ray
     is (its settings, nice 0), to which a test may add worker nodes and remove them again."""
-    for name, value in cluster.EMBEDDED_RAY_ENV.items():
-        os.environ.setdefault(name, value)  # the nodes' processes inherit them
+    cluster.use_embedded_ray_env()  # the nodes' processes inherit it
     local = Cluster(
         initialize_head=True,
         head_node_args={

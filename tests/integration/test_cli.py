@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import queue
+import re
 import shutil
 import signal
 import subprocess
@@ -14,10 +15,12 @@ import threading
 import time
 from pathlib import Path
 
+import grpc
 import httpx
 import pytest
 import tritonclient.grpc as grpcclient
 
+from benchmarks.memory import descendants
 from serving.transport.servers import reserve_port
 
 
@@ -91,13 +94,56 @@ def test_validate_rejects_a_missing_repository(tmp_path: Path) -> None:
     assert "is not a directory" in result.stdout
 
 
+def listening(pids: set[int]) -> list[tuple[str, int, str]]:
+    """(address, port, process name) of every TCP socket that ``pids`` listen on (``ss``)."""
+    table = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True, check=True).stdout
+    found = []
+    for line in table.splitlines():
+        fields = line.split()
+        local, users = fields[3], " ".join(fields[5:])
+        owners = {int(pid) for pid in re.findall(r"pid=(\d+)", users)}
+        if owners & pids:
+            address, _, port = local.rpartition(":")
+            name = re.search(r'\(\("([^"]+)"', users)
+            found.append((address.strip("[]"), int(port), name.group(1) if name else "?"))
+    return found
+
+
+def is_loopback_address(address: str) -> bool:
+    return address.removeprefix("::ffff:").startswith("127.") or address == "::1"
+
+
+def check_listening_surface(pid: int, ports: set[int]) -> None:
+    """What ``serving serve`` (and the Ray it embeds) listens on: the serving ports on every
+    interface, everything else (GCS, raylet, workers, Ray's agents) on loopback only; and Ray
+    refuses a call without its token."""
+    sockets = listening(set(descendants(pid)))
+    exposed = {(a, p, n) for a, p, n in sockets if not is_loopback_address(a)}
+    assert {p for _, p, _ in exposed} == ports, sockets
+    ray_sockets = [s for s in sockets if s[1] not in ports]
+    assert any(name == "gcs_server" for _, _, name in ray_sockets), sockets
+    gcs = next((a, p) for a, p, name in ray_sockets if name == "gcs_server")
+    host = "127.0.0.1" if gcs[0].startswith(("127.", "::ffff:127.")) else gcs[0]
+    channel = grpc.insecure_channel(f"{host}:{gcs[1]}")
+    call = channel.unary_unary(
+        "/ray.rpc.NodeInfoGcsService/GetAllNodeInfo",
+        request_serializer=lambda raw: raw,
+        response_deserializer=lambda raw: raw,
+    )
+    with pytest.raises(grpc.RpcError) as refused:
+        call(b"", timeout=10)
+    assert refused.value.code() is grpc.StatusCode.UNAUTHENTICATED
+    channel.close()
+
+
 def test_serve_answers_both_protocols_and_stops_on_ctrl_c(tmp_path: Path) -> None:
-    """The Quickstart's first command, from a cold demo cache, with its own embedded Ray."""
+    """The Quickstart's first command, from a cold demo cache, with its own embedded Ray, bound
+    as by default (every interface): only the serving ports are reachable from another host."""
     held = [reserve_port(), reserve_port(), reserve_port()]
     http_port, grpc_port, metrics_port = (s.getsockname()[1] for s in held)
     env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "cache"), RAY_ADDRESS="")
     process = subprocess.Popen(
-        [sys.executable, "-m", "serving.cli", "serve", "--host", "127.0.0.1",
+        [sys.executable, "-m", "serving.cli", "serve",
          "--http-port", str(http_port), "--grpc-port", str(grpc_port),
          "--metrics-port", str(metrics_port)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
@@ -121,6 +167,7 @@ def test_serve_answers_both_protocols_and_stops_on_ctrl_c(tmp_path: Path) -> Non
         assert (tmp_path / "cache" / "serving").is_dir()
         metrics = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5)
         assert metrics.status_code == 200 and "serving_replicas_ready 1.0" in metrics.text
+        check_listening_surface(process.pid, {http_port, grpc_port, metrics_port})
         process.send_signal(signal.SIGINT)
         process.wait(timeout=60)
         reader.join(timeout=10)
@@ -133,8 +180,8 @@ def test_serve_answers_both_protocols_and_stops_on_ctrl_c(tmp_path: Path) -> Non
         output.append(lines.get())
     text = "".join(output)
     assert process.returncode == 0, text[-3000:]
-    assert f"HTTP  http://127.0.0.1:{http_port}/v2" in text
-    assert f"metrics  http://127.0.0.1:{metrics_port}/metrics" in text
+    assert f"HTTP  http://localhost:{http_port}/v2" in text
+    assert f"metrics  http://localhost:{metrics_port}/metrics" in text
     assert "Shutting down" in text
     with pytest.raises(httpx.HTTPError):
         httpx.get(f"http://127.0.0.1:{http_port}/v2/health/live", timeout=2)

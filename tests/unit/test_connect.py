@@ -22,7 +22,7 @@ def recorded(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     monkeypatch.setattr(cluster.ray, "init", init)
     monkeypatch.setattr(cluster.serve, "start", lambda **kw: calls.setdefault("serve", kw))
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    for name in cluster.EMBEDDED_RAY_ENV:
+    for name in cluster.embedded_ray_env():
         monkeypatch.setenv(name, "")  # recorded, so that what connect() sets is undone
         monkeypatch.delenv(name)
     return calls
@@ -37,6 +37,11 @@ def test_embedded_ray_starts_with_the_lean_settings(recorded: dict[str, Any]) ->
     assert recorded["init"]["_system_config"] == {"worker_niceness": 0}
     # A Ray of its own, even beside a cluster that plain ray.init() would join.
     assert recorded["init"]["address"] == "local"
+    # Its surface closed: loopback only (Ray's single-machine mode), token authentication on.
+    assert environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "0"
+    assert environ["RAY_AUTH_MODE"] == "token"
+    assert len(environ["RAY_AUTH_TOKEN"]) == 64
+    assert cluster.embedded_ray_env()["RAY_AUTH_TOKEN"] != environ["RAY_AUTH_TOKEN"]
 
 
 def test_the_environment_overrides_a_lean_setting(
@@ -56,5 +61,5 @@ def test_a_cluster_keeps_its_own_settings(recorded: dict[str, Any]) -> None:
         "logging_level": recorded["init"]["logging_level"],
         "environ": recorded["init"]["environ"],
     }
-    for name in cluster.EMBEDDED_RAY_ENV:
+    for name in cluster.embedded_ray_env():
         assert name not in recorded["init"]["environ"]
