@@ -18,6 +18,7 @@ from pydantic import (
 
 from serving.observe.drift import DriftSettings
 from serving.protocol.datatypes import DATATYPES
+from serving.protocol.limits import DEFAULT_LIMITS, InputLimits
 
 Datatype = Literal[
     "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
@@ -239,8 +240,17 @@ class ServerConfig(_Frozen):
     drift_reference_rows: PositiveInt = 1000
     """Rows of the first requests that become the reference of a version without a
     ``profile.json``."""
-    max_request_bytes: PositiveInt = 256 * 1024 * 1024
-    """Largest HTTP request body accepted (after decompression)."""
+    max_request_bytes: PositiveInt = 64 * 1024 * 1024
+    """Largest HTTP request body accepted, after decompression (Triton's default: 64 MiB)."""
+    max_tensor_elements: PositiveInt = DEFAULT_LIMITS.max_tensor_elements
+    """Most elements one input tensor may declare."""
+    max_request_elements: PositiveInt = DEFAULT_LIMITS.max_request_elements
+    """Most elements a request's inputs may declare together."""
+    max_object_elements: PositiveInt = DEFAULT_LIMITS.max_object_elements
+    """Most JSON values and BYTES elements in one request (each decodes to a Python object of
+    tens of bytes; large tensors belong in the binary extension)."""
+    max_bytes_element: PositiveInt = DEFAULT_LIMITS.max_bytes_element
+    """Largest BYTES element, in bytes."""
     grpc_max_message_bytes: PositiveInt = 128 * 1024 * 1024
     """Largest gRPC message either way; room for a 64 MiB tensor and its framing."""
     deregister_s: float = Field(default=1.0, ge=0, le=15)
@@ -261,6 +271,14 @@ class ServerConfig(_Frozen):
         if self.tls_client_ca_file is not None and self.tls_cert_file is None:
             raise ValueError("tls_client_ca_file (mutual TLS) needs tls_cert_file and tls_key_file")
         return self
+
+    def input_limits(self) -> InputLimits:
+        return InputLimits(
+            max_tensor_elements=self.max_tensor_elements,
+            max_request_elements=self.max_request_elements,
+            max_object_elements=self.max_object_elements,
+            max_bytes_element=self.max_bytes_element,
+        )
 
     def drift_settings(self) -> DriftSettings:
         return DriftSettings(

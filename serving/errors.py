@@ -100,10 +100,23 @@ class PayloadTooLargeError(ServingError):
 
     code = ErrorCode.RESOURCE_EXHAUSTED
 
-    def __init__(self, *, size: int, limit: int) -> None:
-        super().__init__(f"request of {size} bytes exceeds the limit of {limit} bytes")
+    def __init__(self, *, size: int, limit: int, inflated: bool = False) -> None:
+        what = f"request of {size} bytes" if not inflated else "request body inflates to more"
+        super().__init__(f"{what} exceeds the limit of {limit} bytes (max_request_bytes)")
         self.size = size
         self.limit = limit
+
+
+class LimitExceededError(ServingError):
+    """A request asks for more than an input limit allows (elements, dims, element size)."""
+
+    code = ErrorCode.RESOURCE_EXHAUSTED
+
+    def __init__(self, message: str, *, setting: str | None) -> None:
+        if setting is not None:
+            message += f" (the server's {setting} setting)"
+        super().__init__(message)
+        self.setting = setting
 
 
 class DeadlineExceededError(ServingError):

@@ -392,7 +392,11 @@ class _ProxiedApp:
         await replica.follower.converge()
         replica.follower.start()
         replica.dataplane.set_ready(True)
-        self._asgi = build_app(replica.dataplane, max_request_bytes=self._config.max_request_bytes)
+        self._asgi = build_app(
+            replica.dataplane,
+            max_request_bytes=self._config.max_request_bytes,
+            limits=self._config.input_limits(),
+        )
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if self._asgi is None:

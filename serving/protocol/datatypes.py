@@ -70,10 +70,3 @@ def from_triton(config_type: str) -> str:
     if name not in NUMPY_DTYPES:
         raise ValueError(f"Triton data type {config_type} is not supported for ONNX models")
     return name
-
-
-def element_count(shape: tuple[int, ...] | list[int]) -> int:
-    count = 1
-    for dim in shape:
-        count *= int(dim)
-    return count

@@ -14,7 +14,8 @@ from google.protobuf.message import Message
 
 from serving.errors import InvalidInputError
 from serving.protocol import raw
-from serving.protocol.datatypes import element_count, numpy_dtype
+from serving.protocol.datatypes import numpy_dtype
+from serving.protocol.limits import DEFAULT_LIMITS, InputLimits
 from serving.protocol.proto import grpc_service_pb2 as pb
 from serving.types import InferenceRequest, InferenceResponse, RequestedOutput, Tensor
 
@@ -56,22 +57,38 @@ def _set_parameter(target: Any, key: str, value: Any) -> None:
         target[key].string_param = str(value)
 
 
-def decode_request(message: pb.ModelInferRequest) -> InferenceRequest:
+def decode_request(
+    message: pb.ModelInferRequest, limits: InputLimits = DEFAULT_LIMITS
+) -> InferenceRequest:
+    """The request a ``ModelInferRequest`` carries; each declared shape and the request's
+    totals are checked against ``limits`` before any tensor is decoded."""
     raw_contents = message.raw_input_contents
     if raw_contents and len(raw_contents) != len(message.inputs):
         raise InvalidInputError(
             f"{len(raw_contents)} raw_input_contents for {len(message.inputs)} inputs; when raw "
             "contents are used every input must have one"
         )
+    declared = []
+    elements = objects = 0
+    for item in message.inputs:
+        if raw_contents and item.HasField("contents"):
+            raise InvalidInputError(
+                f"input '{item.name}': contents and raw_input_contents in one request; "
+                "send every input one way"
+            )
+        shape, count = limits.shape(item.name, item.shape)
+        elements += count
+        objects += count if item.datatype == "BYTES" else 0
+        declared.append((item, shape, count))
+    limits.request(elements, objects)
     inputs = []
-    for index, item in enumerate(message.inputs):
-        shape = tuple(item.shape)
-        if shape and min(shape) < 0:
-            raise InvalidInputError(f"input '{item.name}': shape {list(shape)} has a negative dim")
+    for index, (item, shape, count) in enumerate(declared):
         if raw_contents:
-            data = raw.decode(item.name, item.datatype, shape, raw_contents[index])
+            data = raw.decode(
+                item.name, item.datatype, shape, raw_contents[index], count=count, limits=limits
+            )
         else:
-            data = _from_contents(item.name, item.datatype, shape, item.contents)
+            data = _from_contents(item.name, item.datatype, shape, count, item.contents, limits)
         inputs.append(Tensor(item.name, item.datatype, data, parameters_to_dict(item.parameters)))
     outputs = None
     if message.outputs:
@@ -88,7 +105,22 @@ def decode_request(message: pb.ModelInferRequest) -> InferenceRequest:
     )
 
 
-def _from_contents(name: str, datatype: str, shape: tuple[int, ...], contents: Any) -> np.ndarray:
+def typed_elements(message: pb.ModelInferRequest) -> int:
+    """Elements a request sends as typed ``contents`` (each costs a conversion to decode)."""
+    if message.raw_input_contents:
+        return 0
+    return sum(len(getattr(i.contents, CONTENTS_FIELD.get(i.datatype, "bool_contents")))
+               for i in message.inputs)  # fmt: skip
+
+
+def _from_contents(
+    name: str,
+    datatype: str,
+    shape: tuple[int, ...],
+    count: int,
+    contents: Any,
+    limits: InputLimits,
+) -> np.ndarray:
     dtype = numpy_dtype(datatype)
     field = CONTENTS_FIELD.get(datatype)
     if field is None:
@@ -96,19 +128,24 @@ def _from_contents(name: str, datatype: str, shape: tuple[int, ...], contents: A
             f"input '{name}': {datatype} data must be sent as raw_input_contents"
         )
     values = getattr(contents, field)
-    count = element_count(shape)
     if len(values) != count:
         raise InvalidInputError(
             f"input '{name}': {len(values)} data elements for shape {list(shape)}, expected {count}"
         )
     if datatype == "BYTES":
+        limits.bytes_element(name, max(map(len, values), default=0))
         array = np.empty(count, dtype=object)
         array[:] = list(values)
         return array.reshape(shape)
-    try:
-        return np.asarray(list(values), dtype=dtype).reshape(shape)
-    except (ValueError, OverflowError) as error:
-        raise InvalidInputError(f"input '{name}': data is not valid {datatype}: {error}") from None
+    try:  # element by element: no list of Python numbers on the way
+        return np.fromiter(values, dtype=dtype, count=count).reshape(shape)
+    except OverflowError:
+        info = np.iinfo(dtype)
+        index, value = next((i, v) for i, v in enumerate(values) if not info.min <= v <= info.max)
+        raise InvalidInputError(
+            f"input '{name}': element {index} ({value}) is out of range for {datatype} "
+            f"[{info.min}, {info.max}]"
+        ) from None
 
 
 def encode_response(response: InferenceResponse) -> pb.ModelInferResponse:

@@ -12,19 +12,28 @@ import sys
 import numpy as np
 
 from serving.errors import InvalidInputError
-from serving.protocol.datatypes import element_count, numpy_dtype
+from serving.protocol.datatypes import numpy_dtype
+from serving.protocol.limits import DEFAULT_LIMITS, InputLimits
 
 _LENGTH = struct.Struct("<I")
 _BIG_ENDIAN_HOST = sys.byteorder == "big"
 
 
 def decode(
-    name: str, datatype: str, shape: tuple[int, ...], buffer: bytes | memoryview
+    name: str,
+    datatype: str,
+    shape: tuple[int, ...],
+    buffer: bytes | memoryview,
+    *,
+    count: int | None = None,
+    limits: InputLimits = DEFAULT_LIMITS,
 ) -> np.ndarray:
-    """Numpy view of ``buffer`` (no copy for fixed-size types)."""
-    count = element_count(shape)
+    """Numpy view of ``buffer`` (no copy for fixed-size types). ``count``: the shape's element
+    count, when the caller has checked it against ``limits`` already."""
+    if count is None:
+        shape, count = limits.shape(name, shape)
     if datatype == "BYTES":
-        return _decode_bytes(name, shape, count, memoryview(buffer))
+        return _decode_bytes(name, shape, count, memoryview(buffer), limits)
     dtype = numpy_dtype(datatype)
     expected = count * dtype.itemsize
     if len(buffer) != expected:
@@ -35,15 +44,24 @@ def decode(
     return np.frombuffer(buffer, dtype=dtype.newbyteorder("<")).reshape(shape)
 
 
-def _decode_bytes(name: str, shape: tuple[int, ...], count: int, view: memoryview) -> np.ndarray:
+def _decode_bytes(
+    name: str, shape: tuple[int, ...], count: int, view: memoryview, limits: InputLimits
+) -> np.ndarray:
     items: list[bytes] = []
     offset = 0
     end = len(view)
+    largest = limits.max_bytes_element
     while offset < end:
+        if len(items) == count:  # stop at the first element the shape has no room for
+            raise InvalidInputError(
+                f"input '{name}': more BYTES elements than the {count} of shape {list(shape)}"
+            )
         if offset + 4 > end:
             raise InvalidInputError(f"input '{name}': truncated BYTES element length at {offset}")
         (length,) = _LENGTH.unpack_from(view, offset)
         offset += 4
+        if length > largest:
+            limits.bytes_element(name, length)
         if offset + length > end:
             raise InvalidInputError(
                 f"input '{name}': BYTES element {len(items)} declares {length} bytes, "

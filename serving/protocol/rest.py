@@ -2,18 +2,36 @@
 
 from __future__ import annotations
 
-from typing import Any
+import itertools
+import math
+import re
+from typing import Annotated, Any
 
 import numpy as np
 import orjson
 import pydantic
+import pydantic_core
 
 from serving.errors import InvalidInputError
 from serving.protocol import raw
-from serving.protocol.datatypes import element_count, numpy_dtype
+from serving.protocol.datatypes import NUMPY_DTYPES, numpy_dtype
+from serving.protocol.limits import DEFAULT_LIMITS, InputLimits
 from serving.types import InferenceRequest, InferenceResponse, RequestedOutput, Tensor
 
 HEADER_LENGTH = "inference-header-content-length"
+
+
+def _scalar_values(parameters: dict[str, Any] | None) -> dict[str, Any] | None:
+    # The v2 protocol's parameters are strings, numbers and booleans (as Triton checks).
+    for key, value in (parameters or {}).items():
+        if not isinstance(value, str | int | float):
+            raise ValueError(
+                f"parameter '{key}' must be a string, number or boolean, not {_kind(value)}"
+            )
+    return parameters
+
+
+Parameters = Annotated[dict[str, Any] | None, pydantic.AfterValidator(_scalar_values)]
 
 
 class _InputJSON(pydantic.BaseModel):
@@ -21,20 +39,20 @@ class _InputJSON(pydantic.BaseModel):
     name: str
     shape: list[pydantic.NonNegativeInt]
     datatype: str
-    parameters: dict[str, Any] | None = None
+    parameters: Parameters = None
     data: Any = None
 
 
 class _OutputJSON(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(extra="ignore")
     name: str
-    parameters: dict[str, Any] | None = None
+    parameters: Parameters = None
 
 
 class _RequestJSON(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(extra="ignore")
     id: str | None = None
-    parameters: dict[str, Any] | None = None
+    parameters: Parameters = None
     inputs: list[_InputJSON]
     outputs: list[_OutputJSON] | None = None
 
@@ -47,10 +65,34 @@ def _describe(error: pydantic.ValidationError) -> str:
     return "; ".join(parts)
 
 
+# A JSON string literal, escapes included: what may hide commas and brackets from a count.
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+
+
+def _count_values(header: bytes, limits: InputLimits) -> None:
+    """Refuse, before it is parsed, a JSON document with more values than the limit: every value
+    but the first in a container follows a comma, and every container opens with a bracket, so
+    commas plus brackets bound the values (the count runs at memory speed)."""
+    bound = header.count(b",") + header.count(b"[") + header.count(b"{") + 1
+    if bound <= limits.max_object_elements:
+        return
+    bare = _STRING.sub(b'""', header)  # rare: many commas, perhaps inside strings
+    limits.objects(bare.count(b",") + bare.count(b"[") + bare.count(b"{") + 1, "JSON values")
+
+
 def decode_request(
-    body: bytes, header_length: int | None, *, model_name: str, model_version: str | None
+    body: bytes,
+    header_length: int | None,
+    *,
+    model_name: str,
+    model_version: str | None,
+    limits: InputLimits = DEFAULT_LIMITS,
 ) -> InferenceRequest:
-    """Parse a v2 infer request body; ``header_length`` is the binary extension's JSON size."""
+    """Parse a v2 infer request body; ``header_length`` is the binary extension's JSON size.
+
+    Every limit is checked before what it bounds is allocated: the JSON's value count before it
+    is parsed, each declared shape and the request's totals before any tensor is decoded.
+    """
     if header_length is None:
         header, binary = body, memoryview(b"")
     else:
@@ -61,6 +103,7 @@ def decode_request(
             )
         view = memoryview(body)
         header, binary = bytes(view[:header_length]), view[header_length:]
+    _count_values(header, limits)
     try:
         parsed = _RequestJSON.model_validate_json(header)
     except pydantic.ValidationError as error:
@@ -68,11 +111,20 @@ def decode_request(
             raise InvalidInputError(f"request body is not valid JSON: {_describe(error)}") from None
         raise InvalidInputError(f"invalid inference request: {_describe(error)}") from None
 
+    declared = []
+    elements = objects = 0
+    for item in parsed.inputs:
+        shape, count = limits.shape(item.name, item.shape)
+        size = (item.parameters or {}).get("binary_data_size")
+        elements += count
+        if size is None or item.datatype == "BYTES":
+            objects += count
+        declared.append((item, shape, count, size))
+    limits.request(elements, objects)
+
     offset = 0
     inputs: list[Tensor] = []
-    for item in parsed.inputs:
-        shape = tuple(item.shape)
-        size = (item.parameters or {}).get("binary_data_size")
+    for item, shape, count, size in declared:
         if size is not None:
             if not isinstance(size, int) or isinstance(size, bool) or size < 0:
                 raise InvalidInputError(
@@ -83,14 +135,15 @@ def decode_request(
                     f"input '{item.name}': binary_data_size {size} exceeds the "
                     f"{len(binary) - offset} bytes of binary data left in the request"
                 )
-            data = raw.decode(item.name, item.datatype, shape, binary[offset : offset + size])
+            chunk = binary[offset : offset + size]
+            data = raw.decode(item.name, item.datatype, shape, chunk, count=count, limits=limits)
             offset += size
         else:
             if item.data is None:
                 raise InvalidInputError(
                     f"input '{item.name}' has neither data nor binary_data_size"
                 )
-            data = _from_json(item.name, item.datatype, shape, item.data)
+            data = _from_json(item.name, item.datatype, shape, count, item.data, limits)
         inputs.append(Tensor(item.name, item.datatype, data, item.parameters or {}))
     if offset != len(binary):
         raise InvalidInputError(
@@ -110,43 +163,136 @@ def decode_request(
     )
 
 
-def _from_json(name: str, datatype: str, shape: tuple[int, ...], data: Any) -> np.ndarray:
+_INTEGER = frozenset({int})
+_NUMBER = frozenset({int, float})
+_JSON_TYPES: dict[str, tuple[frozenset[type], str]] = {
+    "BOOL": (frozenset({bool}), "a JSON boolean (true or false)"),
+    "FP16": (_NUMBER, "a JSON number"),
+    "FP32": (_NUMBER, "a JSON number"),
+    "FP64": (_NUMBER, "a JSON number"),
+    "BYTES": (frozenset({str}), "a JSON string"),
+}
+"""What JSON each datatype takes (the integer types: integers only); nothing is coerced."""
+
+
+def _from_json(
+    name: str, datatype: str, shape: tuple[int, ...], count: int, data: Any, limits: InputLimits
+) -> np.ndarray:
     dtype = numpy_dtype(datatype)
-    count = element_count(shape)
-    if datatype == "BYTES":
-        flat = _flatten(data)
-        if not all(isinstance(item, str) for item in flat):
-            raise InvalidInputError(f"input '{name}': BYTES data in JSON must be strings")
-        array = np.empty(len(flat), dtype=object)
-        array[:] = [item.encode("utf-8") for item in flat]
-    else:
-        try:
-            array = np.asarray(data, dtype=dtype).reshape(-1)
-        except (ValueError, TypeError, OverflowError) as error:
-            raise InvalidInputError(
-                f"input '{name}': data is not valid {datatype}: {error}"
-            ) from None
-    if array.size != count:
+    leaves = _leaves(name, data, len(shape))
+    if len(leaves) != count:
         raise InvalidInputError(
-            f"input '{name}': {array.size} data elements for shape {list(shape)}, expected {count}"
+            f"input '{name}': {len(leaves)} data elements for shape {list(shape)}, expected {count}"
         )
+    allowed, expected = _JSON_TYPES.get(datatype, (_INTEGER, "a JSON integer"))
+    if not set(map(type, leaves)) <= allowed:
+        index, value = next((i, v) for i, v in enumerate(leaves) if type(v) not in allowed)
+        raise InvalidInputError(
+            f"input '{name}': element {index} is {_kind(value)} ({_shown(value)}), "
+            f"{datatype} takes {expected}"
+        )
+    if datatype == "BYTES":
+        try:
+            encoded = [item.encode("utf-8") for item in leaves]
+        except UnicodeEncodeError as error:
+            raise InvalidInputError(
+                f"input '{name}': a string is not valid Unicode: {error}"
+            ) from None
+        longest = max(map(len, encoded), default=0)
+        limits.bytes_element(name, longest)
+        array = np.empty(count, dtype=object)
+        array[:] = encoded
+        return array.reshape(shape)
+    if dtype.kind == "f":
+        try:
+            with np.errstate(over="ignore"):
+                array = np.array(leaves, dtype=dtype)
+        except OverflowError:  # an integer beyond float64
+            _in_range(name, datatype, leaves)
+            raise
+        if np.isinf(array).any():
+            _in_range(name, datatype, leaves)
+        return array.reshape(shape)
+    try:
+        array = np.array(leaves, dtype=dtype)
+    except OverflowError:
+        info = np.iinfo(dtype)
+        index, value = next((i, v) for i, v in enumerate(leaves) if not info.min <= v <= info.max)
+        raise InvalidInputError(
+            f"input '{name}': element {index} ({_shown(value)}) is out of range for {datatype} "
+            f"[{info.min}, {info.max}]"
+        ) from None
     return array.reshape(shape)
 
 
-def _flatten(data: Any) -> list[Any]:
+def _in_range(name: str, datatype: str, leaves: list[Any]) -> None:
+    """Refuse the first finite number that overflows to infinity in ``datatype`` (70000 as
+    FP16); infinities sent as such (``Infinity``) stay."""
+    scalar = NUMPY_DTYPES[datatype].type
+    for index, value in enumerate(leaves):
+        if type(value) is float and math.isinf(value):
+            continue
+        try:
+            with np.errstate(over="ignore"):
+                overflows = math.isinf(scalar(value))
+        except OverflowError:
+            overflows = True
+        if overflows:
+            largest = float(np.finfo(scalar).max)
+            raise InvalidInputError(
+                f"input '{name}': element {index} ({_shown(value)}) is out of range for "
+                f"{datatype} (largest finite value {largest:g})"
+            )
+
+
+def _leaves(name: str, data: Any, ndim: int) -> list[Any]:
+    """The scalars of ``data``, a value or lists nested no deeper than the shape (as v2
+    allows: flat, or nested like the shape), in row-major order."""
     if not isinstance(data, list):
         return [data]
-    flat: list[Any] = []
-    stack = [iter(data)]
-    while stack:
-        for item in stack[-1]:
-            if isinstance(item, list):
-                stack.append(iter(item))
-                break
-            flat.append(item)
-        else:
-            stack.pop()
-    return flat
+    depth = 0
+    probe: Any = data
+    while isinstance(probe, list) and probe:
+        probe = probe[0]
+        depth += 1
+    if depth > max(ndim, 1):
+        raise InvalidInputError(
+            f"input '{name}': data nests {depth} lists deep, deeper than its {ndim}-dim shape"
+        )
+    level: list[Any] = data
+    for _ in range(depth - 1):
+        if set(map(type, level)) != {list}:
+            raise InvalidInputError(
+                f"input '{name}': data is nested irregularly (lists and values side by side)"
+            )
+        level = list(itertools.chain.from_iterable(level))
+    return level
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    return "an object"
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, int) and value.bit_length() > 64:
+        return f"an integer of {value.bit_length()} bits"
+    try:
+        text = repr(value) if isinstance(value, float) else orjson.dumps(value).decode()
+    except TypeError:
+        text = "…"
+    return text if len(text) <= 40 else text[:40] + "…"
 
 
 def encode_response(
@@ -189,8 +335,21 @@ def encode_response(
 def _to_json(tensor: Tensor) -> Any:
     flat = tensor.data.reshape(-1)
     if tensor.datatype == "BYTES":
-        return [
-            item.decode("utf-8", errors="replace") if isinstance(item, bytes) else str(item)
-            for item in flat
-        ]
-    return np.ascontiguousarray(flat)
+        return [_text(tensor.name, index, item) for index, item in enumerate(flat)]
+    flat = np.ascontiguousarray(flat)
+    if flat.dtype.kind == "f" and not np.isfinite(flat).all():
+        # As Triton writes them (RapidJSON's kWriteNanAndInfFlag): NaN, Infinity, -Infinity.
+        return orjson.Fragment(pydantic_core.to_json(flat.tolist(), inf_nan_mode="constants"))
+    return flat
+
+
+def _text(name: str, index: int, item: Any) -> str:
+    if not isinstance(item, bytes):
+        return str(item)
+    try:
+        return item.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidInputError(
+            f"output '{name}': element {index} is not UTF-8 text, which JSON cannot carry; "
+            "ask for it in binary (output parameter binary_data: true)"
+        ) from None

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from serving.dataplane import DataPlane
-from serving.errors import ModelNotFoundError, ServingError
+from serving.errors import InvalidInputError, ModelNotFoundError, ServingError
 from serving.observe.logs import REQUEST_ID, TRACEPARENT, begin_trace
 from serving.protocol import grpc_codec
+from serving.protocol.limits import DEFAULT_LIMITS, OFFLOAD_BYTES, OFFLOAD_CONCURRENCY, InputLimits
 from serving.protocol.proto import grpc_service_pb2 as pb
 from serving.protocol.proto import grpc_service_pb2_grpc as pb_grpc
 from serving.protocol.proto import model_config_pb2 as config_pb
@@ -48,25 +51,55 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         if cached is not None:
             return cached
         handler = await continuation(details)
-        if handler is None or handler.unary_unary is None:
+        if handler is None:
             return handler
-        behavior = handler.unary_unary
+        # Messages arrive as bytes and are parsed here, so that one that is not the method's
+        # protobuf gets INVALID_ARGUMENT (as Triton answers) rather than grpc's UNKNOWN.
+        parse = handler.request_deserializer or (lambda data: data)
+        if handler.unary_unary is not None:
+            behavior = handler.unary_unary
 
-        async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            try:
-                return await behavior(request, context)
-            except ServingError as error:
-                await context.abort(grpc_status(error.code), error.message)
-            except Exception as error:
-                await context.abort(grpc.StatusCode.INTERNAL, client_message(error))
+            async def guarded(data: bytes, context: grpc.aio.ServicerContext) -> Any:
+                try:
+                    return await behavior(_parsed(parse, data), context)
+                except ServingError as error:
+                    await context.abort(grpc_status(error.code), error.message)
+                except Exception as error:
+                    await context.abort(grpc.StatusCode.INTERNAL, client_message(error))
 
-        wrapped = grpc.unary_unary_rpc_method_handler(
-            guarded,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+            wrapped = grpc.unary_unary_rpc_method_handler(
+                guarded, response_serializer=handler.response_serializer
+            )
+        elif handler.stream_stream is not None:
+            streaming = handler.stream_stream
+
+            async def stream_guarded(
+                messages: AsyncIterator[bytes], context: grpc.aio.ServicerContext
+            ) -> AsyncIterator[Any]:
+                async def requests() -> AsyncIterator[Any]:
+                    async for data in messages:
+                        yield _parsed(parse, data)
+
+                try:
+                    async for response in streaming(requests(), context):
+                        yield response
+                except ServingError as error:
+                    await context.abort(grpc_status(error.code), error.message)
+
+            wrapped = grpc.stream_stream_rpc_method_handler(
+                stream_guarded, response_serializer=handler.response_serializer
+            )
+        else:  # the service has no other kind of method
+            return handler
         self._handlers[method] = wrapped
         return wrapped
+
+
+def _parsed(parse: Callable[[bytes], Any], data: bytes) -> Any:
+    try:
+        return parse(data)
+    except DecodeError as error:
+        raise InvalidInputError(f"the request is not a valid protobuf message: {error}") from None
 
 
 def peer_host(peer: str) -> str:
@@ -154,9 +187,11 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, dataplane: DataPlane) -> None:
+    def __init__(self, dataplane: DataPlane, limits: InputLimits = DEFAULT_LIMITS) -> None:
         self._dataplane = dataplane
         self._access_log = dataplane.access_log
+        self._limits = limits
+        self._decoding = asyncio.Semaphore(OFFLOAD_CONCURRENCY)
 
     async def ServerLive(self, request: Any, context: Any) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=self._dataplane.live())
@@ -219,7 +254,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         name, version = request.model_name, request.model_version or None
         with self._dataplane.observe("grpc", name, version, trace) as call:
             target = call.target = self._dataplane.require(name, version, key)
-            infer_request = grpc_codec.decode_request(request)
+            if not _large(request):
+                infer_request = grpc_codec.decode_request(request, self._limits)
+            else:  # seconds of conversion, perhaps: not on the loop that answers everyone else
+                async with self._decoding:
+                    infer_request = await asyncio.to_thread(
+                        grpc_codec.decode_request, request, self._limits
+                    )
             response = await self._dataplane.infer(infer_request, call, target, key)
             return grpc_codec.encode_response(response)
 
@@ -236,8 +277,22 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 yield pb.ModelStreamInferResponse(infer_response=response)
 
 
+def _large(request: pb.ModelInferRequest) -> bool:
+    """Whether decoding ``request`` is worth a worker thread (as HTTP decides for a body)."""
+    raw_bytes = sum(map(len, request.raw_input_contents))
+    return raw_bytes > OFFLOAD_BYTES or grpc_codec.typed_elements(request) > OFFLOAD_ELEMENTS
+
+
+OFFLOAD_ELEMENTS = OFFLOAD_BYTES // 8
+"""Typed ``contents`` elements worth a worker thread: as many as a 1 MiB body holds."""
+
+
 def build_grpc_server(
-    dataplane: DataPlane, *, max_message_bytes: int, auth: Authenticator | None = None
+    dataplane: DataPlane,
+    *,
+    max_message_bytes: int,
+    auth: Authenticator | None = None,
+    limits: InputLimits = DEFAULT_LIMITS,
 ) -> grpc.aio.Server:
     """A grpc.aio server with the v2 servicer; the caller adds its port (SO_REUSEPORT on).
     ``auth`` decides who may call each method (by default: anyone, model control from
@@ -251,6 +306,6 @@ def build_grpc_server(
             ("grpc.max_send_message_length", max_message_bytes),
         ],
     )
-    servicer = InferenceServicer(dataplane)
+    servicer = InferenceServicer(dataplane, limits)
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
     return server

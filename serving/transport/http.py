@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gzip
+import functools
 import logging
 import zlib
 from collections.abc import Awaitable, Callable
@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import orjson
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
@@ -28,6 +28,7 @@ from serving.errors import (
 )
 from serving.observe.logs import REQUEST_ID, TRACEPARENT, begin_trace
 from serving.protocol import rest
+from serving.protocol.limits import DEFAULT_LIMITS, OFFLOAD_BYTES, OFFLOAD_CONCURRENCY, InputLimits
 from serving.security.auth import Access, Authenticator
 from serving.status import http_status
 from serving.traffic.routing import ROUTING_KEY, VERSION_HEADER
@@ -38,6 +39,7 @@ JSON = "application/json"
 SERVED_BY = "Served-By"
 ADMIN_BODY_BYTES = 1024 * 1024
 """Model control and index bodies are small (a config override at most)."""
+
 T = TypeVar("T")
 Endpoint = Callable[[Request], Awaitable[Response]]
 
@@ -81,12 +83,16 @@ def build_app(
     max_request_bytes: int,
     served_by: str | None = None,
     auth: Authenticator | None = None,
+    limits: InputLimits | None = None,
 ) -> Starlette:
     """The v2 REST routes over ``dataplane``. ``served_by`` (replica and node) goes out in a
     ``Served-By`` header on every inference response; ``auth`` decides who may call each
-    route (by default: anyone, admin calls from loopback)."""
+    route (by default: anyone, admin calls from loopback); ``limits`` bound what one request
+    may make the replica allocate."""
     served = {SERVED_BY: served_by} if served_by else {}
     auth = auth or Authenticator()
+    limits = limits or DEFAULT_LIMITS
+    decoding = asyncio.Semaphore(OFFLOAD_CONCURRENCY)
 
     def guard(access: Access, endpoint: Endpoint) -> Endpoint:
         if access == "open" or (access == "infer" and not auth.enabled):
@@ -198,7 +204,11 @@ def build_app(
         key = headers.get(ROUTING_KEY)
         with dataplane.observe("http", name, version, trace) as call:
             target = call.target = dataplane.require(name, version, key)
-            body = await _read_body(request, max_request_bytes)
+            try:
+                body = await _read_body(request, max_request_bytes)
+            except ClientDisconnect:  # gone before its body arrived: nobody to answer
+                call.status = CLIENT_CLOSED
+                return Response(status_code=CLIENT_CLOSED)
             header = headers.get(rest.HEADER_LENGTH)
             header_length = None
             if header is not None:
@@ -208,9 +218,22 @@ def build_app(
                     raise InvalidInputError(
                         f"Inference-Header-Content-Length must be an integer, got '{header}'"
                     ) from None
-            infer_request = rest.decode_request(
-                body, header_length, model_name=name, model_version=version
-            )
+            if len(body) <= OFFLOAD_BYTES:
+                infer_request = rest.decode_request(
+                    body, header_length, model_name=name, model_version=version, limits=limits
+                )
+            else:  # seconds of parsing, perhaps: not on the loop that answers everyone else
+                async with decoding:
+                    infer_request = await asyncio.to_thread(
+                        functools.partial(
+                            rest.decode_request,
+                            body,
+                            header_length,
+                            model_name=name,
+                            model_version=version,
+                            limits=limits,
+                        )
+                    )
             # A queued request is worth dropping when its client leaves; watching costs two
             # tasks.
             if target.scheduler.would_queue:
@@ -242,6 +265,9 @@ def build_app(
         assert isinstance(error, HTTPException)
         return _json({"error": f"{error.detail}: {request.method} {request.url.path}"},
                      error.status_code)  # fmt: skip
+
+    async def on_disconnect(request: Request, error: Exception) -> Response:
+        return Response(status_code=CLIENT_CLOSED)  # the client left while its body was read
 
     async def on_unexpected(request: Request, error: Exception) -> Response:
         logger.error("unhandled error on %s", request.url.path, exc_info=error)
@@ -287,6 +313,7 @@ def build_app(
         exception_handlers={
             ServingError: on_serving_error,
             HTTPException: on_http_error,
+            ClientDisconnect: on_disconnect,
             Exception: on_unexpected,
         },
     )
@@ -315,29 +342,38 @@ async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T | None
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
+    """The body, inflated as it arrives when it is gzip or deflate, and refused as soon as it
+    (or what it inflates to) passes ``limit``: nothing beyond the limit is ever held."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLargeError(size=int(declared), limit=limit)
-    chunks = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLargeError(size=size, limit=limit)
-        chunks.append(chunk)
-    body = b"".join(chunks)
     encoding = request.headers.get("content-encoding", "").lower()
     if encoding in ("", "identity"):
-        return body
-    try:
-        if encoding == "gzip":
-            decoded = gzip.decompress(body)
-        elif encoding == "deflate":
-            decoded = zlib.decompress(body)
-        else:
-            raise InvalidInputError(f"unsupported Content-Encoding '{encoding}' (gzip, deflate)")
-    except (OSError, zlib.error, EOFError) as error:
-        raise InvalidInputError(f"request body is not valid {encoding}: {error}") from None
-    if len(decoded) > limit:
-        raise PayloadTooLargeError(size=len(decoded), limit=limit)
-    return decoded
+        inflater = None
+    elif encoding in _WBITS:
+        inflater = zlib.decompressobj(_WBITS[encoding])
+    else:
+        raise InvalidInputError(f"unsupported Content-Encoding '{encoding}' (gzip, deflate)")
+    chunks = []
+    received = size = 0
+    async for chunk in request.stream():
+        received += len(chunk)
+        if received > limit:
+            raise PayloadTooLargeError(size=received, limit=limit)
+        if inflater is not None:
+            try:
+                chunk = inflater.decompress(chunk, limit - size + 1)
+            except zlib.error as error:
+                raise InvalidInputError(f"request body is not valid {encoding}: {error}") from None
+            if len(chunk) + size > limit:
+                raise PayloadTooLargeError(size=size + len(chunk), limit=limit, inflated=True)
+        size += len(chunk)
+        chunks.append(chunk)
+    if inflater is not None and (not inflater.eof or inflater.unused_data):
+        problem = "ends before its stream does" if not inflater.eof else "has data after it"
+        raise InvalidInputError(f"request body is not valid {encoding}: it {problem}")
+    return b"".join(chunks)
+
+
+_WBITS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+"""zlib's window bits for each Content-Encoding: gzip's header and trailer, or zlib's."""

@@ -134,6 +134,7 @@ class Listeners:
             max_request_bytes=self.config.max_request_bytes,
             served_by=self._served_by,
             auth=self.auth,
+            limits=self.config.input_limits(),
         )
         self._draining = _Draining(app)
         self._uvicorn = _server(self._draining, self.config)
@@ -203,6 +204,7 @@ class Listeners:
                 self.dataplane,
                 max_message_bytes=self.config.grpc_max_message_bytes,
                 auth=self.auth,
+                limits=self.config.input_limits(),
             )
             address = _address(self.config.host, self.config.grpc_port)
             credentials = grpc_credentials(self.config)

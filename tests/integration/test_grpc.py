@@ -124,3 +124,48 @@ def test_stream_answers_every_request_and_carries_errors(server: Server) -> None
     assert sorted(r.get_response().id for r in successes) == ["0", "2", "3", "5"]  # type: ignore[attr-defined]
     for result in successes:
         np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), data * 2)  # type: ignore[attr-defined]
+
+
+def test_typed_and_raw_contents_together_are_invalid(
+    stub: service_pb2_grpc.GRPCInferenceServiceStub,
+) -> None:
+    request = typed_request("INT32", [1, 2])
+    request.raw_input_contents.append(np.array([1, 2], dtype=np.int32).tobytes())
+    with pytest.raises(grpc.RpcError) as info:
+        stub.ModelInfer(request, timeout=10)
+    assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "contents and raw_input_contents in one request" in info.value.details()
+
+
+def test_undecodable_protobuf_is_invalid_argument(server: Server) -> None:
+    """Bytes that are no ModelInferRequest: INVALID_ARGUMENT, as Triton answers, and the
+    server answers the next call."""
+    with grpc.insecure_channel(server.grpc_url) as channel:
+        call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+        with pytest.raises(grpc.RpcError) as info:
+            call(b"\xff\xff\xff\xff", timeout=10)
+        assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert "not a valid protobuf message" in info.value.details()
+        stream = channel.stream_stream("/inference.GRPCInferenceService/ModelStreamInfer")
+        with pytest.raises(grpc.RpcError) as info:
+            list(stream(iter([b"\x0a\xff"]), timeout=10))
+        assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    ok = service_pb2_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(server.grpc_url))
+    assert ok.ServerReady(service_pb2.ServerReadyRequest(), timeout=10).ready
+
+
+def test_limits_refuse_before_decoding(stub: service_pb2_grpc.GRPCInferenceServiceStub) -> None:
+    huge = service_pb2.ModelInferRequest(model_name="identity_fp32")
+    huge.inputs.add(name="INPUT", datatype="FP32", shape=[2**40, 2**40])
+    huge.raw_input_contents.append(b"\x00" * 8)
+    with pytest.raises(grpc.RpcError) as info:
+        stub.ModelInfer(huge, timeout=10)
+    assert info.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "declares more than" in info.value.details()
+    deep = service_pb2.ModelInferRequest(model_name="identity_fp32")
+    deep.inputs.add(name="INPUT", datatype="FP32", shape=[1] * 65)
+    deep.raw_input_contents.append(b"\x00" * 4)
+    with pytest.raises(grpc.RpcError) as info:
+        stub.ModelInfer(deep, timeout=10)
+    assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "65 dims" in info.value.details()

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import socket
 import struct
+import time
+import zlib
+from collections.abc import Iterator
 
 import httpx
 import orjson
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.conftest import MAX_REQUEST_BYTES, Server
 
@@ -86,7 +91,46 @@ CASES = {
     "data-not-numbers": (
         400, "/v2/models/identity_fp32/infer",
         orjson.dumps(one_input(data=["a", "b"])),
-        {}, "data is not valid FP32",
+        {}, "input 'INPUT': element 0 is a string (\"a\"), FP32 takes a JSON number",
+    ),
+    "null-is-not-nan": (
+        400, "/v2/models/identity_fp32/infer",
+        orjson.dumps(one_input(data=[1.0, None])),
+        {}, "element 1 is null (null), FP32 takes a JSON number",
+    ),
+    "string-false-is-not-a-bool": (
+        400, "/v2/models/identity_fp32/infer",
+        orjson.dumps(one_input(datatype="BOOL", data=[True, "false"])),
+        {}, "element 1 is a string (\"false\"), BOOL takes a JSON boolean",
+    ),
+    "fraction-is-not-an-int": (
+        400, "/v2/models/identity_fp32/infer",
+        orjson.dumps(one_input(datatype="INT32", data=[1, 1.7])),
+        {}, "element 1 is a number (1.7), INT32 takes a JSON integer",
+    ),
+    "fp16-overflow": (
+        400, "/v2/models/identity_fp32/infer",
+        orjson.dumps(one_input(datatype="FP16", data=[1, 70000])),
+        {}, "element 1 (70000) is out of range for FP16",
+    ),
+    "object-parameter": (
+        400, "/v2/models/identity_fp32/infer",
+        orjson.dumps({**one_input(data=[1, 2]), "parameters": {"priority": {"x": 1}}}),
+        {}, "parameter 'priority' must be a string, number or boolean, not an object",
+    ),
+    "too-many-dims": (
+        400, "/v2/models/identity_fp32/infer",
+        orjson.dumps(one_input(shape=[1] * 65, data=[1])),
+        {}, "has 65 dims, the most a tensor can have is 64",
+    ),
+    "shape-product-overflows": (
+        413, "/v2/models/identity_fp32/infer",
+        orjson.dumps(one_input(shape=[2**62, 2**62, 4], data=[1])),
+        {}, "declares more than 67108864 elements",
+    ),
+    "5000-digit-version": (
+        400, "/v2/models/add_sub/versions/" + "9" * 5000 + "/infer", orjson.dumps(add_sub()),
+        {}, "model version must be a positive integer",
     ),
     "no-data": (
         400, "/v2/models/identity_fp32/infer", orjson.dumps(one_input()),
@@ -184,6 +228,62 @@ def test_truncated_bytes_element(http: httpx.Client) -> None:
     response = http.post("/v2/models/identity_bytes/infer", content=body, headers=headers)
     assert response.status_code == 400
     assert "declares 9 bytes, only 2 remain" in response.json()["error"]
+
+
+def test_a_gzip_bomb_stops_at_the_limit(http: httpx.Client) -> None:
+    """1 GiB of zeros in about 1 MiB of gzip: inflated only up to the limit, then refused."""
+    deflater = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    zeros = bytes(1 << 20)
+    bomb = b"".join(deflater.compress(zeros) for _ in range(1024)) + deflater.flush()
+    assert len(bomb) < 2 << 20
+    response = http.post(
+        "/v2/models/add_sub/infer", content=bomb, headers={"Content-Encoding": "gzip"}
+    )
+    assert response.status_code == 413
+    assert f"inflates to more exceeds the limit of {MAX_REQUEST_BYTES}" in response.text
+
+
+def test_admin_bodies_are_bounded(http: httpx.Client) -> None:
+    def chunks() -> Iterator[bytes]:  # no Content-Length: refused as the body arrives
+        yield b'{"ready": true, "pad": "'
+        for _ in range(64):
+            yield b"x" * 65536
+        yield b'"}'
+
+    response = http.post("/v2/repository/index", content=chunks())
+    assert response.status_code == 413
+    assert "exceeds the limit of 1048576 bytes" in response.json()["error"]
+
+
+def answered(server: Server, code: str) -> int:
+    text = httpx.get(f"http://{server.metrics_url}/metrics", timeout=10).text
+    return sum(
+        int(sample.value)
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "serving_requests_total"
+        and sample.labels["model"] == "add_sub" and sample.labels["code"] == code
+    )  # fmt: skip
+
+
+def test_a_client_that_leaves_before_its_body_is_counted_not_a_fault(
+    server: Server, http: httpx.Client
+) -> None:
+    """The request is recorded as 499 (client closed), never as a 500 with a traceback."""
+    closed, faults = answered(server, "499"), answered(server, "500")
+    host, port = server.http_url.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(
+            b"POST /v2/models/add_sub/infer HTTP/1.1\r\nHost: x\r\n"
+            b'Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n{"inputs": ['
+        )
+        time.sleep(0.2)  # the server is waiting for the rest of the body when the client goes
+    deadline = time.monotonic() + 20
+    while answered(server, "499") == closed and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert answered(server, "499") == closed + 1
+    assert answered(server, "500") == faults
+    assert http.get("/v2/health/ready").status_code == 200
 
 
 def test_oversized_request_is_refused(http: httpx.Client) -> None:
