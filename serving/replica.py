@@ -8,7 +8,6 @@ import asyncio
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 from serving.clock import MONOTONIC, Clock
 from serving.config import ModelConfig, ServerConfig
@@ -18,7 +17,7 @@ from serving.dataplane import DataPlane
 from serving.models.execution import Workers
 from serving.models.loader import RuntimeFactory
 from serving.models.registry import Registry
-from serving.models.runtimes.base import Runtime
+from serving.models.runtimes.base import ModelFile, Runtime
 from serving.observe.logs import AccessLog
 from serving.observe.node import NodeMetrics, ReplicaSnapshot, metrics_directory
 from serving.observe.stats import StatsBook
@@ -28,6 +27,12 @@ logger = logging.getLogger(__name__)
 
 DRAIN_S = 5.0
 """How long a stopping replica waits for its HTTP clients to move to new connections."""
+SHUTDOWN_S = 26.0
+"""The whole of a replica's stop, from not-ready to closed sessions: inside Ray Serve's
+graceful-shutdown window (``graceful_shutdown_timeout_s``, 30 s, which starts after Serve's own
+2 s wait), so that Ray never kills a replica while it still answers requests. With the largest
+``deregister_s`` (15 s) and the connection drain (``DRAIN_S``), 6 s remain for the requests
+inside to finish."""
 INFERENCE_THREADS = 16
 """Worker threads for executions that leave the event loop. Idle threads cost nothing;
 executions beyond the pool's size would queue behind it."""
@@ -37,9 +42,9 @@ def onnx_factory(config: ServerConfig) -> RuntimeFactory:
     """ONNX Runtime sessions with ``config.threads_per_instance`` threads each."""
     from serving.models.runtimes.onnx import ONNXRuntime, SessionOptions
 
-    def open_session(path: Path, model: ModelConfig) -> Runtime:
+    def open_session(source: ModelFile, model: ModelConfig) -> Runtime:
         options = SessionOptions(intra_op_threads=config.threads_per_instance(model))
-        return ONNXRuntime(path, providers=model.execution_providers, options=options)
+        return ONNXRuntime(source, providers=model.execution_providers, options=options)
 
     return open_session
 
@@ -140,13 +145,16 @@ class Replica:
         """Leave without failing a request: not ready first (load balancers stop sending),
         clients moved off this replica's connections, the requests inside answered, then the
         sessions closed."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + SHUTDOWN_S
         await self.drain()
-        await self.listeners.stop()
+        # The requests inside get what is left of the window, less a moment to close.
+        await self.listeners.stop(timeout_s=max(1.0, deadline - loop.time() - 1.0))
         if self.metrics is not None:
             await self.metrics.stop()
         await self.follower.stop()
         await self.dataplane.mirror.close()
-        await self.registry.close()
+        await self.registry.close(timeout_s=max(0.5, deadline - loop.time()))
 
     async def drain(self) -> None:
         """Not ready, then clients moved off this replica's connections (once: a drain asked
@@ -154,7 +162,7 @@ class Replica:
         if self._drained is None:
             self.dataplane.set_ready(False)
             self._drained = asyncio.ensure_future(
-                self.listeners.drain(self.config.deregister_s, DRAIN_S)
+                self.listeners.drain(self.config.deregister_s, DRAIN_S, SHUTDOWN_S)
             )
         await asyncio.shield(self._drained)
 

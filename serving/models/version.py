@@ -57,8 +57,8 @@ class ModelVersion:
         runtime, execution_ = self.runtime, self.execution
 
         async def execute(inputs: dict[str, np.ndarray], names: list[str]) -> list[np.ndarray]:
-            rows = len(next(iter(inputs.values()))) if self.signature.max_batch_size else 1
-            return await execution_.run(workers, rows, partial(runtime.infer, inputs, names))
+            elements = sum(array.size for array in inputs.values())
+            return await execution_.run(workers, elements, partial(runtime.infer, inputs, names))
 
         def on_execution(rows: int, compute_s: float) -> None:
             stats.record_execution(rows, int(compute_s * 1e9))

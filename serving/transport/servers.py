@@ -162,7 +162,7 @@ class Listeners:
                 raise RuntimeError("servers failed to start") from self._task.exception()
             raise TimeoutError(f"servers did not start within {timeout_s} s")
 
-    async def drain(self, deregister_s: float, timeout_s: float) -> None:
+    async def drain(self, deregister_s: float, timeout_s: float, within_s: float) -> None:
         """Move clients off this replica before it stops (the caller has made it answer
         not-ready). First, for ``deregister_s``, it keeps accepting (a load balancer or a
         Kubernetes Service may still send new connections its way until its readiness check
@@ -170,7 +170,8 @@ class Listeners:
         close (new connections go to the node's other replicas), gRPC sends GOAWAY (channels
         reconnect, and calls the server did not take are retried by the client), and it
         returns once no HTTP connection is left, or after ``timeout_s`` (connections whose
-        clients send nothing more)."""
+        clients send nothing more). gRPC calls in progress may finish until ``within_s``
+        after the drain began."""
         if self._uvicorn is None or self._draining is None:
             return
         self._draining.on = True
@@ -178,7 +179,8 @@ class Listeners:
         for server in getattr(self._uvicorn, "servers", []):
             server.close()
         if self._grpc is not None:
-            self._grpc_stopping = asyncio.create_task(self._grpc.stop(grace=timeout_s + 10))
+            grace = max(1.0, within_s - deregister_s - 1.0)
+            self._grpc_stopping = asyncio.create_task(self._grpc.stop(grace=grace))
         deadline = asyncio.get_running_loop().time() + timeout_s
         while self._uvicorn.server_state.connections:
             if asyncio.get_running_loop().time() >= deadline:

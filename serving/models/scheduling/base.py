@@ -4,11 +4,14 @@ went. Two kinds share this interface: direct (``direct.py``) and dynamically bat
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import numpy as np
+
+T = TypeVar("T")
 
 Inputs = dict[str, np.ndarray]
 Execute = Callable[[Inputs, list[str]], Awaitable[list[np.ndarray]]]
@@ -49,3 +52,18 @@ class Scheduler(Protocol):
     async def close(self) -> None:
         """Called once no request is inside: release what the scheduler holds."""
         ...
+
+
+async def hold_until_done(work: Awaitable[T], release: Callable[[], None]) -> T:
+    """Await ``work``, calling ``release`` once it has finished, not before: a caller cancelled
+    meanwhile (its client left) stops waiting, but the execution it started runs on in its
+    worker thread, and keeps its slot until then."""
+    task = asyncio.ensure_future(work)
+
+    def finished(done: asyncio.Future[T]) -> None:
+        release()
+        if not done.cancelled():
+            done.exception()  # retrieved: a caller that left has no use for it
+
+    task.add_done_callback(finished)
+    return await asyncio.shield(task)

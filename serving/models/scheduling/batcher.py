@@ -26,7 +26,13 @@ from serving.errors import (
     OverloadedError,
     ServingError,
 )
-from serving.models.scheduling.base import Execute, Inputs, OnExecution, Outcome
+from serving.models.scheduling.base import (
+    Execute,
+    Inputs,
+    OnExecution,
+    Outcome,
+    hold_until_done,
+)
 from serving.observe.logs import Trace, current_trace
 
 logger = logging.getLogger(__name__)
@@ -170,13 +176,14 @@ class Batcher:
         """Idle and told not to wait: run at once, skipping the scheduler's hop. Requests that
         arrive meanwhile queue up and form the next batch."""
         self._busy += 1
-        try:
-            (outcome,) = await self._execute_batch([item])
-            return outcome
-        finally:
+
+        def finished() -> None:
             self._busy -= 1
             if self._queue:  # what queued meanwhile can go now
                 self._wakeup.set()
+
+        (outcome,) = await hold_until_done(self._execute_batch([item]), finished)
+        return outcome
 
     def _shutting_down(self) -> ModelNotReadyError:
         return ModelNotReadyError(model=self._name, version=None, reason="shutting down")
@@ -271,6 +278,14 @@ class Batcher:
             for item, result in zip(live, results, strict=True):
                 _resolve(item, result)
         finally:
+            # Whatever ended the batch (a runtime that raised CancelledError or another
+            # BaseException, a cancelled task), each of its requests gets its one answer.
+            unanswered = [item for item in batch if not item.future.done()]
+            if unanswered:
+                logger.error("%s: a batch ended without answering %d requests",
+                             self._name, len(unanswered))  # fmt: skip
+                for item in unanswered:
+                    _fail(item, InternalError("the model's execution was interrupted"))
             self._busy -= 1
             self._wakeup.set()
 
