@@ -11,12 +11,11 @@ from pathlib import Path
 import numpy as np
 
 from serving.config import ModelConfig
-from serving.models.repository import sha256_of
-from serving.models.runtimes.base import Runtime
+from serving.models.runtimes.base import ModelFile, Runtime
 from serving.models.signature import Signature, SignatureError, reconcile
 from serving.protocol.datatypes import numpy_dtype
 
-RuntimeFactory = Callable[[Path, ModelConfig], Runtime]
+RuntimeFactory = Callable[[ModelFile, ModelConfig], Runtime]
 """Opens a runtime session for a model file, with settings from the model's config."""
 
 
@@ -43,18 +42,25 @@ def load_version(
     *,
     shown: str,
     expected_sha256: str | None = None,
+    root: Path | None = None,
 ) -> Loaded:
-    """Load ``path`` (``shown`` is how messages name it) or raise :class:`LoadError`."""
+    """Load ``path`` (``shown`` is how messages name it) or raise :class:`LoadError`; what it
+    refers to must stay inside ``root`` (by default the file's folder, where ONNX Runtime reads
+    external data from)."""
     if not path.is_file():
         raise LoadError(f"model file {shown} not found")
-    sha = sha256_of(path)
+    try:
+        source = ModelFile.read(path, root)
+    except OSError as error:
+        raise LoadError(f"cannot read {shown}: {error.strerror}") from None
+    sha = source.sha256
     if expected_sha256 is not None and sha != expected_sha256:
         raise LoadError(
             f"model file {shown} changed since the load was requested "
             f"(sha256 {sha[:12]}…, expected {expected_sha256[:12]}…)"
         )
     try:
-        runtime = factory(path, config)
+        runtime = factory(source, config)
     except Exception as error:
         message = str(error).replace(str(path), shown).strip().splitlines()[0]
         raise LoadError(f"cannot load {shown}: {message}") from None

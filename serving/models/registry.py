@@ -262,10 +262,12 @@ class Registry:
             self._draining.add(task)
             task.add_done_callback(self._draining.discard)
 
-    async def close(self) -> None:
-        """Retire everything and wait for the drains."""
+    async def close(self, timeout_s: float | None = None) -> None:
+        """Retire everything and wait for the drains (at most ``timeout_s``)."""
         for entry in self._models.values():
             self._retire(entry.versions.values())
         self._models.clear()
         if self._draining:
-            await asyncio.gather(*self._draining, return_exceptions=True)
+            _, late = await asyncio.wait(set(self._draining), timeout=timeout_s)
+            if late:
+                logger.warning("%d model versions still draining at shutdown", len(late))

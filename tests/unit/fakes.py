@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from serving.models.runtimes.base import GraphTensor
+from serving.models.runtimes.base import GraphTensor, ModelFile
 
 
 class SumRuntime:
@@ -126,9 +126,9 @@ class FakeFiles:
     def __init__(self) -> None:
         self.opened: list[GatedRuntime] = []
 
-    def __call__(self, path: Path, config: object) -> GatedRuntime:
-        if path.read_bytes().startswith(b"corrupt"):
-            raise ValueError(f"protobuf parsing failed for {path}")
+    def __call__(self, source: ModelFile, config: object) -> GatedRuntime:
+        if source.data.startswith(b"corrupt"):
+            raise ValueError(f"protobuf parsing failed for {source.path}")
         runtime = GatedRuntime()
         self.opened.append(runtime)
         return runtime

@@ -2,10 +2,31 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+
+
+@dataclass(frozen=True, eq=False)
+class ModelFile:
+    """A model file as it is loaded: its bytes, read once, are what is hashed and what the
+    runtime opens (a file changed in between cannot be served under the old hash); ``root`` is
+    the folder that anything the model refers to (ONNX external data) must stay inside."""
+
+    path: Path
+    data: bytes
+    root: Path
+
+    @classmethod
+    def read(cls, path: Path, root: Path | None = None) -> ModelFile:
+        return cls(path, path.read_bytes(), root or path.parent)
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.data).hexdigest()
 
 
 @dataclass(frozen=True)

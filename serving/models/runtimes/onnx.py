@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 
 from serving.config import ModelConfig
 from serving.errors import InvalidInputError
-from serving.models.runtimes.base import GraphTensor
+from serving.models.runtimes.base import GraphTensor, ModelFile
 from serving.protocol.datatypes import from_ort
 
 logger = logging.getLogger(__name__)
@@ -40,6 +42,62 @@ def choose_providers(preferred: tuple[str, ...]) -> list[str]:
     return chosen
 
 
+EXTERNAL_DATA_FOLDER = "session.model_external_initializers_file_folder_path"
+"""Where ONNX Runtime reads external data from for a model loaded from bytes."""
+
+
+def uses_external_data(source: ModelFile) -> bool:
+    """Whether the model keeps tensors in external files; ValueError when any of them would be
+    read from outside ``source.root`` (an absolute location, ``..``, a symlink leading out),
+    whatever the installed ONNX Runtime would check itself."""
+    if b"location" not in source.data:  # every external tensor names its location
+        return False
+    import onnx
+
+    try:
+        proto = onnx.load_model_from_string(source.data)
+    except Exception:  # let ONNX Runtime say what is wrong with the file
+        return False
+    root = source.root.resolve()
+    found = False
+    for tensor in _tensors(proto):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        found = True
+        fields = {entry.key: entry.value for entry in tensor.external_data}
+        location = fields.get("location", "")
+        target = (source.path.parent / location).resolve()
+        if not location or Path(location).is_absolute() or not target.is_relative_to(root):
+            raise ValueError(
+                f"tensor '{tensor.name}' keeps its data at '{location}', outside the model "
+                "file's folder; external data must be inside it"
+            )
+    return found
+
+
+def _tensors(proto: Any) -> Iterator[Any]:
+    """Every tensor of a model: initializers, sparse ones, constants in node attributes, in
+    subgraphs and in functions."""
+    graphs = [proto.graph]
+    nodes = [node for function in proto.functions for node in function.node]
+    while graphs or nodes:
+        if graphs:
+            graph = graphs.pop()
+            yield from graph.initializer
+            for sparse in graph.sparse_initializer:
+                yield sparse.values
+                yield sparse.indices
+            nodes.extend(graph.node)
+            continue
+        for attribute in nodes.pop().attribute:
+            if attribute.HasField("t"):
+                yield attribute.t
+            yield from attribute.tensors
+            if attribute.HasField("g"):
+                graphs.append(attribute.g)
+            graphs.extend(attribute.graphs)
+
+
 def _shape(raw: object) -> tuple[int, ...]:
     dims = raw if isinstance(raw, list) else []
     return tuple(d if isinstance(d, int) and d > 0 else -1 for d in dims)
@@ -48,8 +106,15 @@ def _shape(raw: object) -> tuple[int, ...]:
 class ONNXRuntime:
     """One ONNX Runtime inference session."""
 
-    def __init__(self, path: Path, *, providers: tuple[str, ...], options: SessionOptions) -> None:
+    def __init__(
+        self, model: ModelFile | Path, *, providers: tuple[str, ...], options: SessionOptions
+    ) -> None:
+        source = model if isinstance(model, ModelFile) else ModelFile.read(model)
+        path = source.path
         so = ort.SessionOptions()
+        if uses_external_data(source):
+            # Read by ONNX Runtime from beside the file; the locations are checked above.
+            so.add_session_config_entry(EXTERNAL_DATA_FOLDER, str(path.parent))
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         so.intra_op_num_threads = options.intra_op_threads
@@ -58,7 +123,8 @@ class ONNXRuntime:
         so.add_session_config_entry("session.intra_op.allow_spinning", spin)
         so.add_session_config_entry("session.inter_op.allow_spinning", spin)
         wanted = choose_providers(providers)
-        self._session = ort.InferenceSession(str(path), sess_options=so, providers=wanted)
+        # The bytes that were read (and hashed), not the file again: it may have changed since.
+        self._session = ort.InferenceSession(source.data, sess_options=so, providers=wanted)
         self._providers = list(self._session.get_providers())
         logger.info("loaded %s on %s", path.name, ", ".join(self._providers))
         self._inputs = [
@@ -113,7 +179,7 @@ def _as_text(name: str, array: np.ndarray) -> np.ndarray:
     return text.reshape(array.shape)
 
 
-def open_offline(path: Path, config: ModelConfig) -> ONNXRuntime:
+def open_offline(path: Path | ModelFile, config: ModelConfig) -> ONNXRuntime:
     """A session with default options, for work outside a server (validating, profiling,
     scoring a version on its evaluation set)."""
     return ONNXRuntime(path, providers=config.execution_providers, options=SessionOptions())
