@@ -6,10 +6,12 @@ typed ``contents``; outputs always go back as ``raw_output_contents``.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 from google.protobuf import json_format
+from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 from serving.errors import InvalidInputError
@@ -78,7 +80,8 @@ def decode_request(
             )
         shape, count = limits.shape(item.name, item.shape)
         elements += count
-        objects += count if item.datatype == "BYTES" else 0
+        # BYTES elements, and typed contents, which protobuf has parsed into Python objects
+        objects += count if item.datatype == "BYTES" or not raw_contents else 0
         declared.append((item, shape, count))
     limits.request(elements, objects)
     inputs = []
@@ -103,6 +106,81 @@ def decode_request(
         id=message.id or None,
         parameters=parameters_to_dict(message.parameters),
     )
+
+
+_INPUTS = pb.ModelInferRequest.DESCRIPTOR.fields_by_name["inputs"].number
+_CONTENTS = pb.ModelInferRequest.InferInputTensor.DESCRIPTOR.fields_by_name["contents"].number
+_FIELD = FieldDescriptor
+_PACKED_WIDTH = {
+    f.number: {_FIELD.TYPE_FLOAT: 4, _FIELD.TYPE_DOUBLE: 8}.get(f.type, 0)
+    for f in pb.InferTensorContents.DESCRIPTOR.fields
+    if f.type != _FIELD.TYPE_BYTES
+}
+"""Each typed-contents field that arrives packed: its fixed width, or 0 for varints."""
+_LOW_BYTES = bytes(range(0x80))
+
+
+def check_wire(data: bytes, limits: InputLimits) -> None:
+    """Refuse a ModelInferRequest whose typed ``contents`` hold more elements than the limit,
+    from its wire bytes, before protobuf parses them: parsed, an empty BYTES element takes 32
+    bytes for its 2 on the wire, a varint 8 for 1. Raw contents are skipped over, not read."""
+    count = 0
+    stop = limits.max_object_elements
+    try:
+        for number, _, start, end in _fields(data, 0, len(data)):
+            if number != _INPUTS:
+                continue
+            for inner, _, begin, finish in _fields(data, start, end):
+                if inner != _CONTENTS:
+                    continue
+                for field, kind, first, last in _fields(data, begin, finish):
+                    width = _PACKED_WIDTH.get(field)
+                    if width is None or kind != 2:
+                        count += 1  # one BYTES element, or one value sent unpacked
+                    elif width:
+                        count += (last - first) // width
+                    else:  # packed varints: one ends at each byte below 0x80
+                        payload = data[first:last]
+                        count += len(payload) - len(payload.translate(None, _LOW_BYTES))
+                    if count > stop:
+                        limits.objects(count, "typed contents elements (or more)")
+    except (IndexError, ValueError):
+        return  # not valid protobuf: the parser says so
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        byte = data[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return result, pos
+        shift += 7
+        if shift > 63:
+            raise ValueError("varint too long")
+
+
+def _fields(data: bytes, pos: int, end: int) -> Iterator[tuple[int, int, int, int]]:
+    """(field number, wire type, value start, value end) of each field between ``pos`` and
+    ``end``; for a length-delimited field the value is its payload."""
+    while pos < end:
+        key, pos = _varint(data, pos)
+        kind = key & 7
+        if kind == 0:
+            start = pos
+            _, pos = _varint(data, pos)
+        elif kind == 2:
+            length, start = _varint(data, pos)
+            pos = start + length
+        elif kind in (1, 5):
+            start = pos
+            pos += 8 if kind == 1 else 4
+        else:
+            raise ValueError(f"wire type {kind}")
+        if pos > end:
+            raise ValueError("field runs past its message")
+        yield key >> 3, kind, start, pos
 
 
 def typed_elements(message: pb.ModelInferRequest) -> int:

@@ -29,7 +29,8 @@ class InputLimits:
     max_request_elements: int = 1 << 27
     """Elements all of a request's inputs may declare together."""
     max_object_elements: int = 1 << 22
-    """JSON values and BYTES elements in one request: each decodes to a Python object."""
+    """JSON values, BYTES elements and gRPC typed ``contents`` elements in one request: each
+    costs tens of bytes decoded, where the binary extension and raw contents cost nothing."""
     max_bytes_element: int = 16 * 1024 * 1024
     """Bytes one BYTES element may hold."""
 
@@ -67,11 +68,12 @@ class InputLimits:
             )
         self.objects(objects)
 
-    def objects(self, count: int, what: str = "JSON values and BYTES elements") -> None:
+    def objects(self, count: int, what: str = "JSON values, BYTES and typed elements") -> None:
         if count > self.max_object_elements:
             raise LimitExceededError(
                 f"request holds {count} {what}, more than the limit of "
-                f"{self.max_object_elements} (send large tensors with the binary extension)",
+                f"{self.max_object_elements} (send large tensors as binary data: the HTTP binary "
+                "extension, gRPC raw contents)",
                 setting="max_object_elements",
             )
 

@@ -36,10 +36,13 @@ def client_message(error: Exception) -> str:
 
 
 class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Turns exceptions from unary handlers into status codes, through the one table."""
+    """Parses each request message itself (refusing before protobuf parses it an inference
+    request over ``limits``, parsing large ones off the event loop) and turns exceptions from
+    the handlers into status codes, through the one table."""
 
-    def __init__(self) -> None:
+    def __init__(self, limits: InputLimits = DEFAULT_LIMITS) -> None:
         self._handlers: dict[str, grpc.RpcMethodHandler] = {}
+        self._limits = limits
 
     async def intercept_service(
         self,
@@ -55,13 +58,21 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             return handler
         # Messages arrive as bytes and are parsed here, so that one that is not the method's
         # protobuf gets INVALID_ARGUMENT (as Triton answers) rather than grpc's UNKNOWN.
-        parse = handler.request_deserializer or (lambda data: data)
+        deserialize = handler.request_deserializer or (lambda data: data)
+        limits = self._limits
+        checked = method in (SERVICE + "ModelInfer", SERVICE + "ModelStreamInfer")
+
+        def parse(data: bytes) -> Any:
+            if checked:
+                grpc_codec.check_wire(data, limits)
+            return deserialize(data)
+
         if handler.unary_unary is not None:
             behavior = handler.unary_unary
 
             async def guarded(data: bytes, context: grpc.aio.ServicerContext) -> Any:
                 try:
-                    return await behavior(_parsed(parse, data), context)
+                    return await behavior(await _parsed(parse, data), context)
                 except ServingError as error:
                     await context.abort(grpc_status(error.code), error.message)
                 except Exception as error:
@@ -78,7 +89,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             ) -> AsyncIterator[Any]:
                 async def requests() -> AsyncIterator[Any]:
                     async for data in messages:
-                        yield _parsed(parse, data)
+                        yield await _parsed(parse, data)
 
                 try:
                     async for response in streaming(requests(), context):
@@ -95,9 +106,11 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         return wrapped
 
 
-def _parsed(parse: Callable[[bytes], Any], data: bytes) -> Any:
+async def _parsed(parse: Callable[[bytes], Any], data: bytes) -> Any:
     try:
-        return parse(data)
+        if len(data) <= OFFLOAD_BYTES:
+            return parse(data)
+        return await asyncio.to_thread(parse, data)
     except DecodeError as error:
         raise InvalidInputError(f"the request is not a valid protobuf message: {error}") from None
 
@@ -299,7 +312,7 @@ def build_grpc_server(
     loopback)."""
     server = grpc.aio.server(
         # Interceptors run in order: the caller is checked before anything else runs.
-        interceptors=[AuthInterceptor(auth or Authenticator()), ErrorInterceptor()],
+        interceptors=[AuthInterceptor(auth or Authenticator()), ErrorInterceptor(limits)],
         options=[
             ("grpc.so_reuseport", 1),
             ("grpc.max_receive_message_length", max_message_bytes),

@@ -57,7 +57,7 @@ def error_response(error: ServingError) -> Response:
     return response
 
 
-def _optional_json(body: bytes, what: str) -> dict[str, Any]:
+def _optional_json(body: bytes | bytearray, what: str) -> dict[str, Any]:
     """A small JSON-object body that may be empty."""
     if not body.strip():
         return {}
@@ -341,7 +341,7 @@ async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T | None
     return None
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
+async def _read_body(request: Request, limit: int) -> bytearray:
     """The body, inflated as it arrives when it is gzip or deflate, and refused as soon as it
     (or what it inflates to) passes ``limit``: nothing beyond the limit is ever held."""
     declared = request.headers.get("content-length")
@@ -354,26 +354,33 @@ async def _read_body(request: Request, limit: int) -> bytes:
         inflater = zlib.decompressobj(_WBITS[encoding])
     else:
         raise InvalidInputError(f"unsupported Content-Encoding '{encoding}' (gzip, deflate)")
-    chunks = []
+    body = bytearray()  # grown in place: no list of chunks joined into a second copy
     received = size = 0
     async for chunk in request.stream():
         received += len(chunk)
         if received > limit:
             raise PayloadTooLargeError(size=received, limit=limit)
-        if inflater is not None:
+        if inflater is None:
+            size += len(chunk)
+            body += chunk
+            continue
+        while chunk:  # a step at a time: one small chunk may inflate a thousandfold
             try:
-                chunk = inflater.decompress(chunk, limit - size + 1)
+                out = inflater.decompress(chunk, min(INFLATE_STEP, limit - size + 1))
             except zlib.error as error:
                 raise InvalidInputError(f"request body is not valid {encoding}: {error}") from None
-            if len(chunk) + size > limit:
-                raise PayloadTooLargeError(size=size + len(chunk), limit=limit, inflated=True)
-        size += len(chunk)
-        chunks.append(chunk)
+            size += len(out)
+            if size > limit:
+                raise PayloadTooLargeError(size=size, limit=limit, inflated=True)
+            body += out
+            chunk = inflater.unconsumed_tail
     if inflater is not None and (not inflater.eof or inflater.unused_data):
         problem = "ends before its stream does" if not inflater.eof else "has data after it"
         raise InvalidInputError(f"request body is not valid {encoding}: it {problem}")
-    return b"".join(chunks)
+    return body
 
 
+INFLATE_STEP = 1024 * 1024
+"""Most bytes inflated at once from a compressed body."""
 _WBITS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
 """zlib's window bits for each Content-Encoding: gzip's header and trailer, or zlib's."""

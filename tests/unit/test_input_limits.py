@@ -145,11 +145,14 @@ def test_dims_and_declared_elements_are_bounded_before_decoding() -> None:
 
 def test_json_values_are_counted_before_the_body_is_parsed() -> None:
     crowded = one("FP32", [0] * 200)
-    with pytest.raises(LimitExceededError, match=r"holds 2.. JSON values.*max_object_elements"):
+    with pytest.raises(LimitExceededError, match=r"holds 2.. JSON values and separators"):
         decode(crowded)
-    # Commas inside strings are not values: the count looks again without the strings.
-    commas = one("BYTES", [",,,,,,,,"] * 10)
-    assert decode(commas).inputs[0].data.shape == (10,)
+    # The count is of separators, at memory speed: commas inside strings count too, and the
+    # message points such a body to the binary extension.
+    commas = one("BYTES", [","] * 100)
+    with pytest.raises(LimitExceededError, match=r"holds 2.. JSON.*the HTTP binary extension"):
+        decode(commas)
+    assert decode(one("BYTES", ["a"] * 100)).inputs[0].data.shape == (100,)
 
 
 def test_bytes_elements_are_bounded_in_size_and_count() -> None:
@@ -192,9 +195,28 @@ def test_grpc_typed_contents_are_exact_and_bounded() -> None:
     ]
     for tensor in strings:
         tensor.contents.bytes_contents.extend([b""] * 61)
-    with pytest.raises(LimitExceededError, match="holds 122 JSON values and BYTES elements"):
+    with pytest.raises(LimitExceededError, match="holds 122 JSON values, BYTES and typed elements"):
         grpc_codec.decode_request(grpc_request(*strings), SMALL)
     fine = pb.ModelInferRequest.InferInputTensor(name="x", datatype="UINT16", shape=[1, 2])
     fine.contents.uint_contents.extend([0, 65535])
     data = grpc_codec.decode_request(grpc_request(fine)).inputs[0].data
     assert data.dtype == np.uint16 and data.tolist() == [[0, 65535]]
+
+
+def test_grpc_typed_contents_are_counted_on_the_wire_before_protobuf_parses_them() -> None:
+    def wire(**contents: list[object]) -> bytes:
+        tensor = pb.ModelInferRequest.InferInputTensor(name="x", datatype="FP32", shape=[1])
+        for field, values in contents.items():
+            getattr(tensor.contents, field).extend(values)
+        message = grpc_request(tensor)
+        message.raw_input_contents.append(b"\x42" * 4096)  # raw bytes are skipped, not read
+        return message.SerializeToString()
+
+    at_limit = wire(fp32_contents=[1.5] * 60, int_contents=[300, -1] * 20, fp64_contents=[0.0] * 20)
+    grpc_codec.check_wire(at_limit, SMALL)  # 120: exactly the limit
+    over = wire(fp32_contents=[1.5] * 61, int_contents=[300, -1] * 20, fp64_contents=[0.0] * 20)
+    with pytest.raises(LimitExceededError, match="holds 121 typed contents elements"):
+        grpc_codec.check_wire(over, SMALL)
+    with pytest.raises(LimitExceededError, match="holds 121 typed contents elements"):
+        grpc_codec.check_wire(wire(bytes_contents=[b""] * 121), SMALL)
+    grpc_codec.check_wire(b"\xff\xff\xff", SMALL)  # not protobuf: left to the parser
