@@ -17,7 +17,7 @@ from google.protobuf.message import Message
 from serving.errors import InvalidInputError
 from serving.protocol import raw
 from serving.protocol.datatypes import numpy_dtype
-from serving.protocol.limits import DEFAULT_LIMITS, InputLimits
+from serving.protocol.limits import DEFAULT_LIMITS, InputLimits, out_of_range
 from serving.protocol.proto import grpc_service_pb2 as pb
 from serving.types import InferenceRequest, InferenceResponse, RequestedOutput, Tensor
 
@@ -218,12 +218,7 @@ def _from_contents(
     try:  # element by element: no list of Python numbers on the way
         return np.fromiter(values, dtype=dtype, count=count).reshape(shape)
     except OverflowError:
-        info = np.iinfo(dtype)
-        index, value = next((i, v) for i, v in enumerate(values) if not info.min <= v <= info.max)
-        raise InvalidInputError(
-            f"input '{name}': element {index} ({value}) is out of range for {datatype} "
-            f"[{info.min}, {info.max}]"
-        ) from None
+        raise out_of_range(name, datatype, values) from None
 
 
 def encode_response(response: InferenceResponse) -> pb.ModelInferResponse:

@@ -9,9 +9,13 @@ that names the limit and the setting that raises it.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
+import numpy as np
+
 from serving.errors import InvalidInputError, LimitExceededError
+from serving.protocol.datatypes import NUMPY_DTYPES
 
 MAX_DIMS = 64
 """NumPy's (and ONNX Runtime's) most dimensions a tensor can have."""
@@ -92,3 +96,18 @@ def _shown(dims: list[int] | tuple[int, ...]) -> str:
 
 
 DEFAULT_LIMITS = InputLimits()
+
+
+def out_of_range(name: str, datatype: str, values: Iterable[int]) -> InvalidInputError:
+    """The error for the first of ``values`` that ``datatype`` (an integer type) cannot hold."""
+    info = np.iinfo(NUMPY_DTYPES[datatype])
+    for index, value in enumerate(values):
+        if not info.min <= value <= info.max:
+            shown = (
+                value if value.bit_length() <= 64 else f"an integer of {value.bit_length()} bits"
+            )
+            return InvalidInputError(
+                f"input '{name}': element {index} ({shown}) is out of range for {datatype} "
+                f"[{info.min}, {info.max}]"
+            )
+    return InvalidInputError(f"input '{name}': a value is out of range for {datatype}")

@@ -14,7 +14,7 @@ import pydantic_core
 from serving.errors import InvalidInputError
 from serving.protocol import raw
 from serving.protocol.datatypes import NUMPY_DTYPES, numpy_dtype
-from serving.protocol.limits import DEFAULT_LIMITS, InputLimits
+from serving.protocol.limits import DEFAULT_LIMITS, InputLimits, out_of_range
 from serving.types import InferenceRequest, InferenceResponse, RequestedOutput, Tensor
 
 HEADER_LENGTH = "inference-header-content-length"
@@ -209,12 +209,7 @@ def _from_json(
     try:
         array = np.array(leaves, dtype=dtype)
     except OverflowError:
-        info = np.iinfo(dtype)
-        index, value = next((i, v) for i, v in enumerate(leaves) if not info.min <= v <= info.max)
-        raise InvalidInputError(
-            f"input '{name}': element {index} ({_shown(value)}) is out of range for {datatype} "
-            f"[{info.min}, {info.max}]"
-        ) from None
+        raise out_of_range(name, datatype, leaves) from None
     return array.reshape(shape)
 
 

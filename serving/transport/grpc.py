@@ -35,14 +35,11 @@ def client_message(error: Exception) -> str:
     return INTERNAL_MESSAGE
 
 
-class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Parses each request message itself (refusing before protobuf parses it an inference
-    request over ``limits``, parsing large ones off the event loop) and turns exceptions from
-    the handlers into status codes, through the one table."""
+class _Wrapping(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """An interceptor that wraps each method's handler once and keeps the wrapped one."""
 
-    def __init__(self, limits: InputLimits = DEFAULT_LIMITS) -> None:
+    def __init__(self) -> None:
         self._handlers: dict[str, grpc.RpcMethodHandler] = {}
-        self._limits = limits
 
     async def intercept_service(
         self,
@@ -56,6 +53,24 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         handler = await continuation(details)
         if handler is None:
             return handler
+        wrapped = self.wrap(method, handler)
+        self._handlers[method] = wrapped
+        return wrapped
+
+    def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        raise NotImplementedError
+
+
+class ErrorInterceptor(_Wrapping):
+    """Parses each request message itself (refusing before protobuf parses it an inference
+    request over ``limits``, parsing large ones off the event loop) and turns exceptions from
+    the handlers into status codes, through the one table."""
+
+    def __init__(self, limits: InputLimits = DEFAULT_LIMITS) -> None:
+        super().__init__()
+        self._limits = limits
+
+    def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         # Messages arrive as bytes and are parsed here, so that one that is not the method's
         # protobuf gets INVALID_ARGUMENT (as Triton answers) rather than grpc's UNKNOWN.
         deserialize = handler.request_deserializer or (lambda data: data)
@@ -78,10 +93,10 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 except Exception as error:
                     await context.abort(grpc.StatusCode.INTERNAL, client_message(error))
 
-            wrapped = grpc.unary_unary_rpc_method_handler(
+            return grpc.unary_unary_rpc_method_handler(
                 guarded, response_serializer=handler.response_serializer
             )
-        elif handler.stream_stream is not None:
+        if handler.stream_stream is not None:
             streaming = handler.stream_stream
 
             async def stream_guarded(
@@ -97,13 +112,10 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 except ServingError as error:
                     await context.abort(grpc_status(error.code), error.message)
 
-            wrapped = grpc.stream_stream_rpc_method_handler(
+            return grpc.stream_stream_rpc_method_handler(
                 stream_guarded, response_serializer=handler.response_serializer
             )
-        else:  # the service has no other kind of method
-            return handler
-        self._handlers[method] = wrapped
-        return wrapped
+        return handler  # the service has no other kind of method
 
 
 async def _parsed(parse: Callable[[bytes], Any], data: bytes) -> Any:
@@ -132,27 +144,18 @@ ACCESS: dict[str, Access] = {
 """What each method needs; every other method of the service is an ``infer`` call."""
 
 
-class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+class AuthInterceptor(_Wrapping):
     """Checks each call's ``authorization`` metadata (and, for admin calls, its peer) before
     the handler runs; refusals are UNAUTHENTICATED or PERMISSION_DENIED."""
 
     def __init__(self, auth: Authenticator) -> None:
+        super().__init__()
         self._auth = auth
-        self._handlers: dict[str, grpc.RpcMethodHandler] = {}
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        method: str = details.method
-        cached = self._handlers.get(method)
-        if cached is not None:
-            return cached
-        handler = await continuation(details)
+    def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         short = method.removeprefix(SERVICE)
         access = ACCESS.get(short, "infer") if method.startswith(SERVICE) else "infer"
-        if handler is None or access == "open" or (access == "infer" and not self._auth.enabled):
+        if access == "open" or (access == "infer" and not self._auth.enabled):
             return handler
         auth = self._auth
 
@@ -173,12 +176,12 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 await check(context)
                 return await unary(request, context)
 
-            wrapped = grpc.unary_unary_rpc_method_handler(
+            return grpc.unary_unary_rpc_method_handler(
                 unary_checked,
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
-        elif handler.stream_stream is not None:
+        if handler.stream_stream is not None:
             stream = handler.stream_stream
 
             async def stream_checked(
@@ -188,15 +191,12 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 async for response in stream(requests, context):
                     yield response
 
-            wrapped = grpc.stream_stream_rpc_method_handler(
+            return grpc.stream_stream_rpc_method_handler(
                 stream_checked,
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
-        else:  # the service has no other kind of method
-            return handler
-        self._handlers[method] = wrapped
-        return wrapped
+        return handler  # the service has no other kind of method
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):

@@ -169,3 +169,14 @@ def test_limits_refuse_before_decoding(stub: service_pb2_grpc.GRPCInferenceServi
         stub.ModelInfer(deep, timeout=10)
     assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT
     assert "65 dims" in info.value.details()
+
+
+def test_a_5000_digit_version_is_invalid_argument(
+    stub: service_pb2_grpc.GRPCInferenceServiceStub,
+) -> None:
+    request = typed_request("INT32", [1, 2])
+    request.model_version = "9" * 5000
+    with pytest.raises(grpc.RpcError) as info:
+        stub.ModelInfer(request, timeout=10)
+    assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "model version must be a positive integer" in info.value.details()

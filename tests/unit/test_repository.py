@@ -200,3 +200,20 @@ def test_a_model_that_does_not_say_gets_triton_cpu_default_of_two_instances(
     server = ServerConfig(repository=Path("."), replica_cpus=replica_cpus)
     assert server.instances(ModelConfig()) == instances
     assert server.threads_per_instance(ModelConfig()) == threads
+
+
+def test_version_folders_take_ascii_digits_only(tmp_path: Path) -> None:
+    """'²' and '٣' pass str.isdigit(); they are no versions (skipped, never raised), and the
+    model's real versions serve on."""
+    make_model(tmp_path, "m", [1, 2])
+    for name in ("²", "٣", "01", "0", "9" * 30):
+        (tmp_path / "m" / name).mkdir()
+        (tmp_path / "m" / name / "model.onnx").write_bytes(b"")
+    (source,) = scan(tmp_path)
+    assert source.error is None and [v.version for v in source.versions] == [2]
+
+
+def test_a_version_listed_twice_is_served_once(tmp_path: Path) -> None:
+    make_model(tmp_path, "m", [1, 3], "version_policy: {specific: [3, 1, 3, 3]}\n")
+    (source,) = scan(tmp_path)
+    assert [v.version for v in source.versions] == [1, 3]

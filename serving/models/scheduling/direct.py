@@ -58,6 +58,9 @@ class DirectScheduler:
         else:
             await self._slots.acquire()  # free: returns at once
         began = clock.now()
+        if timeout_s is not None and began - queued > timeout_s:
+            self._slots.release()
+            raise DeadlineExceededError(timeout_ms=timeout_s * 1000)
 
         async def execute() -> Outcome:
             outputs = await self._execute(inputs, names)
