@@ -82,6 +82,44 @@ class DynamicBatching(_Frozen):
     ``timeout`` parameter (microseconds, as tritonclient sends it) may lower it. None: no limit."""
 
 
+class ImagePreprocess(_Frozen):
+    """Clients send ``uint8`` NHWC images for a graph input that takes normalized NCHW floats;
+    the server converts them (``kernels.preprocess_images``: on the GPU, one fused kernel)."""
+
+    input: str
+    """The graph input it feeds: (N, C, h, w) FP32 or FP16."""
+    mean: tuple[float, ...] = Field(min_length=1)
+    """Per channel, in units of ``pixel * scale``."""
+    std: tuple[float, ...] = Field(min_length=1)
+    scale: float = Field(default=1 / 255, gt=0)
+    resize: tuple[PositiveInt, PositiveInt] | None = None
+    """(height, width) to resize to, bilinearly, before the crop; then any image size is taken."""
+    crop: tuple[PositiveInt, PositiveInt] | None = None
+    """(height, width) of the center crop; then any image at least this large is taken."""
+
+    @model_validator(mode="after")
+    def _one_per_channel(self) -> ImagePreprocess:
+        if len(self.mean) != len(self.std) or any(s == 0 for s in self.std):
+            raise ValueError("mean and std need one value per channel each, std none of 0")
+        return self
+
+
+class Preprocess(_Frozen):
+    image: ImagePreprocess
+
+
+class SoftmaxTopK(_Frozen):
+    """Adds outputs ``<output>_topk_indices`` (INT64) and ``<output>_topk_scores`` (FP32): the
+    ``k`` most probable classes of a logits output, most probable first."""
+
+    output: str
+    k: PositiveInt = 5
+
+
+class Postprocess(_Frozen):
+    softmax_topk: SoftmaxTopK
+
+
 class ModelConfig(_Frozen):
     """``REPO/MODEL/config.yaml``; the same fields are read from a Triton ``config.pbtxt``."""
 
@@ -130,6 +168,10 @@ class ModelConfig(_Frozen):
 
     labels: dict[str, str] = Field(default_factory=dict)
     """Free-form metadata reported with the model, such as a git SHA or a data hash."""
+    preprocess: Preprocess | None = None
+    """Server-side input conversion (``uint8`` images to normalized floats)."""
+    postprocess: Postprocess | None = None
+    """Server-side outputs derived from the graph's (softmax + top-k)."""
 
 
 ModelControlMode = Literal["none", "explicit", "poll"]

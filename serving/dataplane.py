@@ -193,8 +193,20 @@ class DataPlane:
             "platform": target.config.platform,
             "inputs": [_v2_tensor(t, signature) for t in signature.inputs],
             "outputs": [_v2_tensor(t, signature) for t in signature.outputs],
-            "parameters": {"sha256": target.sha256, **labels} if version else dict(labels),
+            "parameters": {**self._placement(target), **labels, "sha256": target.sha256}
+            if version
+            else {**self._placement(target), **labels},
         }
+
+    @staticmethod
+    def _placement(target: ModelVersion) -> dict[str, str]:
+        """Where a version runs: its providers, and why not on the ones asked for first."""
+        runtime = target.runtime
+        placed = {"execution_providers": ",".join(runtime.providers)}
+        fallback = getattr(runtime, "fallback", None)
+        if fallback:
+            placed["execution_fallback"] = fallback
+        return placed
 
     def model_config(self, name: str, version: str | None) -> dict[str, Any]:
         """Triton's model configuration (the JSON form of ``inference.ModelConfig``)."""
@@ -213,6 +225,9 @@ class DataPlane:
         parameters = {k: {"string_value": v} for k, v in config.labels.items()}
         parameters["sha256"] = {"string_value": target.sha256}
         parameters["execution_providers"] = {"string_value": ",".join(providers)}
+        fallback = getattr(target.runtime, "fallback", None)
+        if fallback:
+            parameters["execution_fallback"] = {"string_value": fallback}
         document: dict[str, Any] = {
             "name": name,
             "platform": config.platform,

@@ -4,6 +4,7 @@ event loop."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,8 +13,11 @@ import numpy as np
 
 from serving.config import ModelConfig
 from serving.models.runtimes.base import ModelFile, Runtime
+from serving.models.runtimes.processed import ProcessingError, with_processing
 from serving.models.signature import Signature, SignatureError, reconcile
 from serving.protocol.datatypes import numpy_dtype
+
+logger = logging.getLogger(__name__)
 
 RuntimeFactory = Callable[[ModelFile, ModelConfig], Runtime]
 """Opens a runtime session for a model file, with settings from the model's config."""
@@ -65,6 +69,11 @@ def load_version(
         message = str(error).replace(str(path), shown).strip().splitlines()[0]
         raise LoadError(f"cannot load {shown}: {message}") from None
     try:
+        runtime = with_processing(runtime, config)
+    except ProcessingError as error:
+        runtime.close()
+        raise LoadError(f"config does not match {shown}: {error}") from None
+    try:
         signature = signed(config, runtime, shown)
         warm_up(runtime, signature)
     except LoadError:
@@ -73,6 +82,9 @@ def load_version(
     except Exception as error:
         runtime.close()
         raise LoadError(f"warm-up inference on {shown} failed: {error}") from None
+    fallback = getattr(runtime, "fallback", None)
+    if fallback and "execution_providers" in config.model_fields_set:
+        logger.warning("%s: %s", shown, fallback)  # asked for in so many words: say it loudly
     return Loaded(runtime, signature, sha)
 
 
@@ -85,11 +97,16 @@ def signed(config: ModelConfig, runtime: Runtime, shown: str) -> Signature:
         raise LoadError(f"config does not match {shown}: {error}") from None
 
 
-def sample_inputs(signature: Signature) -> dict[str, np.ndarray]:
-    """Zeros of the right type, free dims set to 1: enough to run the graph once."""
+def sample_inputs(
+    signature: Signature, smallest: dict[str, tuple[int, ...]] | None = None
+) -> dict[str, np.ndarray]:
+    """Zeros of the right type, free dims set to 1 (or to the ``smallest`` an input takes):
+    enough to run the graph once."""
     sample = {}
     for tensor in signature.inputs:
-        shape = [1 if d == -1 else d for d in signature.full_shape(tensor)]
+        least = (smallest or {}).get(tensor.name)
+        dims = list(least) if least is not None else [1 if d == -1 else d for d in tensor.dims]
+        shape = [1] * (signature.max_batch_size > 0) + dims
         if tensor.datatype == "BYTES":
             array = np.full(shape, b"", dtype=object)
         else:
@@ -99,4 +116,5 @@ def sample_inputs(signature: Signature) -> dict[str, np.ndarray]:
 
 
 def warm_up(runtime: Runtime, signature: Signature) -> None:
-    runtime.infer(sample_inputs(signature), signature.output_names)
+    smallest = getattr(runtime, "sample_sizes", None)
+    runtime.infer(sample_inputs(signature, smallest), signature.output_names)

@@ -247,13 +247,15 @@ class Registry:
         return fresh
 
     def _same_session(self, a: ModelConfig, b: ModelConfig) -> bool:
-        """Whether a session opened for ``a`` serves ``b`` unchanged: the same file, providers
-        and threads."""
-        return (a.model_filename, a.execution_providers, self._instances(a)) == (
-            b.model_filename,
-            b.execution_providers,
-            self._instances(b),
-        )
+        """Whether a session opened for ``a`` serves ``b`` unchanged: the same file, providers,
+        threads and processing steps."""
+        return (
+            a.model_filename, a.execution_providers, self._instances(a), a.preprocess,
+            a.postprocess,
+        ) == (
+            b.model_filename, b.execution_providers, self._instances(b), b.preprocess,
+            b.postprocess,
+        )  # fmt: skip
 
     def _retire(self, versions: Iterable[ModelVersion]) -> None:
         for version in versions:

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from kernels._backend import GPU_EXTRA
 from serving.config import ModelConfig
 from serving.errors import InvalidInputError
 from serving.models.runtimes.base import GraphTensor, ModelFile
@@ -98,6 +99,25 @@ def _tensors(proto: Any) -> Iterator[Any]:
             graphs.extend(attribute.graphs)
 
 
+def fallback_reason(preferred: tuple[str, ...], running: list[str]) -> str | None:
+    """Why a session runs on ``running`` when ``preferred`` came first, or None: each provider
+    asked for before the one it got, and why it is not there."""
+    available = set(ort.get_available_providers())
+    missed = []
+    for name in preferred:
+        provider = PROVIDERS[name]
+        if running and provider == running[0]:
+            break
+        if provider not in available:
+            missed.append(f"{name} is not in this onnxruntime build ({GPU_EXTRA})")
+        else:
+            missed.append(f"{name} could not start (no usable device; see the log)")
+    if not missed:
+        return None
+    where = running[0].removesuffix("ExecutionProvider") if running else "nothing"
+    return "; ".join(missed) + f": serving on {where}"
+
+
 def _shape(raw: object) -> tuple[int, ...]:
     dims = raw if isinstance(raw, list) else []
     return tuple(d if isinstance(d, int) and d > 0 else -1 for d in dims)
@@ -126,7 +146,11 @@ class ONNXRuntime:
         # The bytes that were read (and hashed), not the file again: it may have changed since.
         self._session = ort.InferenceSession(source.data, sess_options=so, providers=wanted)
         self._providers = list(self._session.get_providers())
-        logger.info("loaded %s on %s", path.name, ", ".join(self._providers))
+        self.fallback = fallback_reason(providers, self._providers)
+        """Why the session runs on other providers than the first asked for; None if it
+        does not."""
+        logger.info("loaded %s on %s%s", path.name, ", ".join(self._providers),
+                    f" ({self.fallback})" if self.fallback else "")  # fmt: skip
         self._inputs = [
             GraphTensor(i.name, from_ort(i.type), _shape(i.shape))
             for i in self._session.get_inputs()

@@ -1,0 +1,73 @@
+"""Processing steps around a real ONNX Runtime session: what the wrapped runtime says it takes
+and gives, and the loads that refuse steps that do not fit the graph, or report a fallback."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import yaml
+
+from serving.config import ModelConfig
+from serving.errors import InvalidInputError
+from serving.models.loader import LoadError, load_version
+from serving.models.runtimes.onnx import open_offline
+from tests.models import cnn
+
+
+def load(tmp_path: Path, config: str):  # type: ignore[no-untyped-def]
+    path = tmp_path / "cnn" / "1" / "model.onnx"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save_model(cnn(), path)
+    model = ModelConfig.model_validate(yaml.safe_load(config))
+    return load_version(path, model, open_offline, shown="cnn/1/model.onnx")
+
+
+IMAGE = "preprocess: {image: {input: input, mean: [0, 0, 0], std: [1, 1, 1], crop: [8, 8]}}\n"
+
+
+def test_a_crop_takes_any_image_at_least_its_size(tmp_path: Path) -> None:
+    loaded = load(tmp_path, IMAGE)  # warmed up with an 8x8 image, the smallest it takes
+    (image,) = loaded.signature.inputs
+    assert (image.datatype, image.dims) == ("UINT8", (-1, -1, 3))
+    big = np.zeros((2, 9, 12, 3), dtype=np.uint8)
+    assert loaded.runtime.infer({"input": big}, ["logits"])[0].shape == (2, 10)
+    with pytest.raises(InvalidInputError, match=r"input 'input': crop \[8, 8\] is larger"):
+        loaded.runtime.infer({"input": np.zeros((1, 7, 12, 3), dtype=np.uint8)}, ["logits"])
+    loaded.runtime.close()
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        (IMAGE.replace("input: input", "input: pixels"), "preprocess input 'pixels' is not in"),
+        (IMAGE.replace("[0, 0, 0], std: [1, 1, 1]", "[0], std: [1]"), "has 3 channels, mean"),
+        (IMAGE.replace("crop: [8, 8]", "resize: [9, 9]"), r"makes \[9, 9\] images, the graph"),
+        ("postprocess: {softmax_topk: {output: logits, k: 11}}", "k 11 is more than the 10"),
+        ("postprocess: {softmax_topk: {output: nope}}", "postprocess output 'nope' is not in"),
+    ],
+)
+def test_steps_that_do_not_fit_the_graph_fail_the_load(
+    tmp_path: Path, config: str, message: str
+) -> None:
+    with pytest.raises(LoadError, match="config does not match cnn/1/model.onnx: .*" + message):
+        load(tmp_path, config)
+
+
+def test_asking_for_cuda_without_it_logs_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="serving.models.loader"):
+        loaded = load(tmp_path, "execution_providers: [cuda, cpu]\n")
+    assert loaded.runtime.providers == ["CPUExecutionProvider"]
+    assert "cuda is not in this onnxruntime build" in loaded.runtime.fallback
+    assert any("serving on CPU" in r.getMessage() for r in caplog.records)
+    loaded.runtime.close()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="serving.models.loader"):
+        quiet = load(tmp_path, "{}")  # the default preference: said in config, not warned
+    assert quiet.runtime.fallback is not None and not caplog.records
+    quiet.runtime.close()
