@@ -64,10 +64,17 @@ def serve(
         None, help="Model repository; the built-in demo repository when left out."
     ),
     host: str = typer.Option("0.0.0.0", help="Address to bind."),
-    http_port: int = typer.Option(8000, "--http-port", help="KServe v2 HTTP port."),
-    grpc_port: int = typer.Option(8001, "--grpc-port", help="KServe v2 gRPC port."),
+    http_port: int = typer.Option(
+        8000, "--http-port", envvar="SERVING_HTTP_PORT", help="KServe v2 HTTP port."
+    ),
+    grpc_port: int = typer.Option(
+        8001, "--grpc-port", envvar="SERVING_GRPC_PORT", help="KServe v2 gRPC port."
+    ),
     metrics_port: int = typer.Option(
-        8002, "--metrics-port", help="Prometheus /metrics port (each node answers for itself)."
+        8002,
+        "--metrics-port",
+        envvar="SERVING_METRICS_PORT",
+        help="Prometheus /metrics port (each node answers for itself).",
     ),
     no_metrics: bool = typer.Option(False, "--no-metrics", help="Serve no /metrics."),
     metrics_triton: bool = typer.Option(
