@@ -71,3 +71,22 @@ def test_asking_for_cuda_without_it_logs_a_warning(
         quiet = load(tmp_path, "{}")  # the default preference: said in config, not warned
     assert quiet.runtime.fallback is not None and not caplog.records
     quiet.runtime.close()
+
+
+def test_gpu_providers_without_their_libraries_are_skipped_with_the_reason(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """onnxruntime-gpu on a machine without TensorRT or an NVIDIA driver: ONNX Runtime is not
+    asked (it would print a page of errors per model), and the reason names the library."""
+    from serving.models.runtimes import onnx as runtime
+
+    names = [runtime.PROVIDERS[p] for p in ("tensorrt", "cuda", "cpu")]
+    monkeypatch.setattr(runtime.ort, "get_available_providers", lambda: names)
+    lacking = {"tensorrt": "libnvinfer.so.10", "cuda": "libcuda.so.1"}
+    monkeypatch.setattr(runtime, "missing_library", lacking.get)
+    assert runtime.choose_providers(("tensorrt", "cuda", "cpu")) == ["CPUExecutionProvider"]
+    reason = runtime.fallback_reason(("tensorrt", "cuda", "cpu"), ["CPUExecutionProvider"])
+    assert reason == (
+        "tensorrt needs libnvinfer.so.10, which this machine does not have; "
+        "cuda needs libcuda.so.1, which this machine does not have: serving on CPU"
+    )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -34,12 +36,50 @@ class SessionOptions:
     """ORT's spin-wait burns most of a core while idle; off unless asked for."""
 
 
+NEEDS: dict[str, tuple[str, ...]] = {
+    "tensorrt": ("libnvinfer.so.10", "libnvinfer.so"),
+    "cuda": ("libcuda.so.1",),
+}
+"""Shared libraries a provider cannot run without (TensorRT's; the NVIDIA driver's), looked
+for before ONNX Runtime is asked: it would print a page of errors for each model and fall back
+anyway."""
+
+
+@functools.cache
+def missing_library(name: str) -> str | None:
+    """The library ``name``'s provider needs and this machine lacks, or None."""
+    for library in NEEDS.get(name, ()):
+        try:
+            ctypes.CDLL(library)
+        except OSError:
+            continue
+        return None
+    return NEEDS[name][0] if name in NEEDS else None
+
+
+@functools.cache
+def _preload_cuda_libraries() -> None:
+    """The CUDA and cuDNN libraries of NVIDIA's wheels (the gpu extra), which are not on the
+    loader's path, loaded once before a CUDA session (onnxruntime-gpu 1.21 and later)."""
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is not None:
+        try:
+            preload()
+        except Exception as error:  # the system's own CUDA may still serve
+            logger.info("could not preload CUDA libraries from NVIDIA's wheels: %s", error)
+
+
 def choose_providers(preferred: tuple[str, ...]) -> list[str]:
-    """The preferred providers that this onnxruntime build has, CPU always last."""
+    """The preferred providers that this onnxruntime build has and this machine can run, CPU
+    always last."""
     available = set(ort.get_available_providers())
-    chosen = [PROVIDERS[p] for p in preferred if PROVIDERS[p] in available]
+    chosen = [
+        PROVIDERS[p] for p in preferred if PROVIDERS[p] in available and missing_library(p) is None
+    ]
     if PROVIDERS["cpu"] not in chosen:
         chosen.append(PROVIDERS["cpu"])
+    if chosen[0] != PROVIDERS["cpu"]:
+        _preload_cuda_libraries()
     return chosen
 
 
@@ -110,6 +150,8 @@ def fallback_reason(preferred: tuple[str, ...], running: list[str]) -> str | Non
             break
         if provider not in available:
             missed.append(f"{name} is not in this onnxruntime build ({GPU_EXTRA})")
+        elif (library := missing_library(name)) is not None:
+            missed.append(f"{name} needs {library}, which this machine does not have")
         else:
             missed.append(f"{name} could not start (no usable device; see the log)")
     if not missed:
