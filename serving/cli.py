@@ -111,6 +111,12 @@ def serve(
     replica_cpus: float | None = typer.Option(
         None, help="CPUs per replica (ONNX Runtime threads follow). Default: sized to the nodes."
     ),
+    replica_gpus: float | None = typer.Option(
+        None,
+        min=0,
+        help="GPUs per replica (fractions share a GPU). Default: one per replica, one replica "
+        "per GPU, where the nodes have GPUs.",
+    ),
     replica_resource: list[str] = typer.Option(
         [], "--replica-resource", help="A custom Ray resource each replica needs: NAME=AMOUNT."
     ),
@@ -271,6 +277,7 @@ def _server_config(options: dict[str, Any], *, embedded: bool) -> ServerConfig:
                 downscale_delay_s=options["downscale_delay_s"],
             ),
             replica_cpus=options["replica_cpus"],
+            replica_gpus=options["replica_gpus"],
             replica_resources=_resources(options["replica_resource"]),
             model_control_mode=options["model_control_mode"],
             load_models=tuple(options["load_model"]),

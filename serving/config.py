@@ -232,6 +232,10 @@ class ServerConfig(_Frozen):
     replica_cpus: float | None = Field(default=None, gt=0)
     """CPUs Ray reserves for each replica; ONNX Runtime's thread counts follow it. None: sized
     to the Ray cluster's nodes."""
+    replica_gpus: float | None = Field(default=None, ge=0)
+    """GPUs Ray reserves for each replica (a fraction shares one GPU between replicas). None:
+    one per replica where the cluster has GPUs, and then one replica per GPU unless
+    ``replicas`` says otherwise; 0 where it has none."""
     replica_resources: dict[str, float] = Field(default_factory=dict)
     """Custom Ray resources each replica needs, to place replicas on the nodes that have them
     (a KubeRay worker group's ``rayStartParams.resources``)."""

@@ -193,12 +193,15 @@ class Sizing:
     sized: bool
     """Whether any of it was chosen here rather than given."""
     autoscaling: str = ""
+    replica_gpus: float = 0.0
 
     def describe(self) -> str:
         nodes = ", ".join(f"{c:g}" for c in self.node_cpus) or "none"
         chosen = "sized to the cluster" if self.sized else "as configured"
         count = self.autoscaling or f"{self.replicas} replica(s)"
-        return f"{count} of {self.replica_cpus:g} CPUs ({chosen}; CPUs of the Ray node(s): {nodes})"
+        gpus = f" and {self.replica_gpus:g} GPU(s)" if self.replica_gpus else ""
+        return (f"{count} of {self.replica_cpus:g} CPUs{gpus} ({chosen}; CPUs of the Ray "
+                f"node(s): {nodes})")  # fmt: skip
 
 
 def _node_cpus(config: ServerConfig) -> list[float]:
@@ -211,6 +214,29 @@ def _node_cpus(config: ServerConfig) -> list[float]:
         if all(resources.get(k, 0) >= v for k, v in config.replica_resources.items()):
             cpus.append(float(resources["CPU"]))
     return sorted(cpus, reverse=True)
+
+
+def _cluster_gpus(config: ServerConfig) -> float:
+    """GPUs of the live nodes that can hold a replica."""
+    total = 0.0
+    for node in ray.nodes():  # type: ignore[no-untyped-call]
+        resources = node.get("Resources", {})
+        if node.get("Alive") and all(
+            resources.get(k, 0) >= v for k, v in config.replica_resources.items()
+        ):
+            total += float(resources.get("GPU", 0))
+    return total
+
+
+def gpu_share(config: ServerConfig, cluster_gpus: float) -> tuple[float, int | None]:
+    """GPUs per replica, and the replica count the GPUs make (None: leave it to the CPUs):
+    as configured, else one GPU per replica and one replica per GPU where there are GPUs."""
+    share = config.replica_gpus
+    if share is None:
+        share = 1.0 if cluster_gpus >= 1 else 0.0
+    if share == 0 or config.replicas is not None:
+        return share, None
+    return share, max(1, int(cluster_gpus // share + 1e-9))
 
 
 def size(config: ServerConfig, node_cpus: list[float]) -> Sizing:
@@ -239,6 +265,8 @@ def size(config: ServerConfig, node_cpus: list[float]) -> Sizing:
 def build(config: ServerConfig) -> serve.Application:
     assert config.replica_cpus is not None
     actor_options: dict[str, Any] = {"num_cpus": config.replica_cpus, "runtime_env": REPLICA_ENV}
+    if config.replica_gpus:
+        actor_options["num_gpus"] = config.replica_gpus  # Ray sets CUDA_VISIBLE_DEVICES
     if config.replica_resources:
         actor_options["resources"] = dict(config.replica_resources)
     count: dict[str, Any]
@@ -290,6 +318,10 @@ def connect(
 def sized(config: ServerConfig) -> tuple[ServerConfig, Sizing]:
     """``config`` sized to the connected cluster's nodes, with this server start's id."""
     scaling = config.autoscaling
+    replica_gpus, by_gpus = gpu_share(config, _cluster_gpus(config))
+    if by_gpus is not None and scaling is None:  # one replica per GPU: CPUs shared among them
+        config = config.model_copy(update={"replicas": by_gpus})
+    config = config.model_copy(update={"replica_gpus": replica_gpus})
     if scaling is None:
         sizing = size(config, _node_cpus(config))
     else:  # CPUs per replica such that the most replicas fit
@@ -306,7 +338,8 @@ def sized(config: ServerConfig) -> tuple[ServerConfig, Sizing]:
             "run": config.run or uuid.uuid4().hex[:12],
         }
     )
-    return config, sizing
+    chosen = sizing.sized or by_gpus is not None or config.replica_gpus is None
+    return config, dataclasses.replace(sizing, replica_gpus=replica_gpus, sized=chosen)
 
 
 def deploy(config: ServerConfig, *, name: str = "serving") -> tuple[ServerConfig, Sizing]:
