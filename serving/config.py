@@ -10,6 +10,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    NonNegativeInt,
     PositiveInt,
     ValidationError,
     field_validator,
@@ -82,6 +83,28 @@ class DynamicBatching(_Frozen):
     ``timeout`` parameter (microseconds, as tritonclient sends it) may lower it. None: no limit."""
 
 
+class CudaOptions(_Frozen):
+    """ONNX Runtime's CUDA provider, for one model."""
+
+    device_id: NonNegativeInt = 0
+    """Among the GPUs the replica sees (Ray gives each replica its own: 0)."""
+    memory_limit_mb: PositiveInt | None = None
+    """The provider's memory arena limit; None: as much as the GPU has."""
+    conv_algo_search: Literal["exhaustive", "heuristic", "default"] = "exhaustive"
+    """cuDNN's convolution algorithm search: exhaustive benchmarks once per shape (at
+    warm-up for the batch sizes it sees), heuristic picks without timing."""
+
+
+class TensorrtOptions(_Frozen):
+    """ONNX Runtime's TensorRT provider, for one model."""
+
+    fp16: bool = False
+    """Build FP16 engines (faster; outputs differ from FP32 in the last digits)."""
+    cache_dir: str | None = None
+    """Where engines and timing caches go, in a folder per model sha256, TensorRT version, GPU
+    and profile; None: ``$SERVING_CACHE_DIR/tensorrt``, else ``~/.cache/serving/tensorrt``."""
+
+
 class ImagePreprocess(_Frozen):
     """Clients send ``uint8`` NHWC images for a graph input that takes normalized NCHW floats;
     the server converts them (``kernels.preprocess_images``: on the GPU, one fused kernel)."""
@@ -146,6 +169,8 @@ class ModelConfig(_Frozen):
     """Batch concurrent requests together; off when left out. Needs ``max_batch_size > 0``."""
     execution_providers: tuple[Provider, ...] = ("tensorrt", "cuda", "cpu")
     """Preferred ONNX Runtime providers in order; those not available are skipped."""
+    cuda: CudaOptions = CudaOptions()
+    tensorrt: TensorrtOptions = TensorrtOptions()
     model_filename: str = "model.onnx"
     """The file inside each version directory."""
 

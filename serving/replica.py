@@ -40,11 +40,12 @@ executions beyond the pool's size would queue behind it."""
 
 def onnx_factory(config: ServerConfig) -> RuntimeFactory:
     """ONNX Runtime sessions with ``config.threads_per_instance`` threads each."""
-    from serving.models.runtimes.onnx import ONNXRuntime, SessionOptions
+    from serving.models.runtimes.onnx import GpuSettings, ONNXRuntime, SessionOptions
 
     def open_session(source: ModelFile, model: ModelConfig) -> Runtime:
         options = SessionOptions(intra_op_threads=config.threads_per_instance(model))
-        return ONNXRuntime(source, providers=model.execution_providers, options=options)
+        return ONNXRuntime(source, providers=model.execution_providers, options=options,
+                           gpu=GpuSettings.of(model))  # fmt: skip
 
     return open_session
 

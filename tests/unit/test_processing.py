@@ -90,3 +90,43 @@ def test_gpu_providers_without_their_libraries_are_skipped_with_the_reason(
         "tensorrt needs libnvinfer.so.10, which this machine does not have; "
         "cuda needs libcuda.so.1, which this machine does not have: serving on CPU"
     )
+
+
+def test_gpu_providers_get_their_options_from_the_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the CUDA and TensorRT providers are told (they are not on this machine: the
+    options are checked as ONNX Runtime receives them)."""
+    from serving.models.runtimes import onnx as runtime
+    from serving.models.runtimes.base import ModelFile
+
+    monkeypatch.setenv("SERVING_CACHE_DIR", str(tmp_path / "cache"))
+    path = tmp_path / "model.onnx"
+    onnx.save_model(cnn(), path)
+    source = ModelFile.read(path)
+    model = ModelConfig.model_validate(yaml.safe_load(
+        "max_batch_size: 32\n"
+        "dynamic_batching: {preferred_batch_sizes: [4, 16]}\n"
+        "cuda: {memory_limit_mb: 2048, conv_algo_search: heuristic}\n"
+        "tensorrt: {fp16: true}\n"
+    ))  # fmt: skip
+    chosen = [runtime.PROVIDERS[p] for p in ("tensorrt", "cuda", "cpu")]
+    configured = runtime.provider_options(chosen, runtime.GpuSettings.of(model), source)
+    assert [name for name, _ in configured] == chosen
+    (_, trt_options), (_, cuda_options), (_, cpu_options) = configured
+    assert cuda_options == {"device_id": "0", "cudnn_conv_algo_search": "HEURISTIC",
+                            "gpu_mem_limit": str(2048 << 20)}  # fmt: skip
+    assert cpu_options == {}
+    folder = Path(trt_options.pop("trt_engine_cache_path"))
+    assert folder.parent == tmp_path / "cache" / "tensorrt"
+    assert folder.name.startswith(source.sha256[:16] + "-trt")  # model, TensorRT, GPU, profile
+    assert trt_options == {
+        "device_id": "0",
+        "trt_fp16_enable": "True",
+        "trt_engine_cache_enable": "True",
+        "trt_timing_cache_enable": "True",
+        "trt_timing_cache_path": str(folder),
+        "trt_profile_min_shapes": "input:1x3x8x8",
+        "trt_profile_opt_shapes": "input:16x3x8x8",
+        "trt_profile_max_shapes": "input:32x3x8x8",
+    }

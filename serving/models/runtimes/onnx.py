@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import hashlib
+import importlib
 import logging
+import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +17,7 @@ import numpy as np
 import onnxruntime as ort
 
 from kernels._backend import GPU_EXTRA
-from serving.config import ModelConfig
+from serving.config import DEFAULT_MAX_BATCH_SIZE, CudaOptions, ModelConfig, TensorrtOptions
 from serving.errors import InvalidInputError
 from serving.models.runtimes.base import GraphTensor, ModelFile
 from serving.protocol.datatypes import from_ort
@@ -81,6 +84,122 @@ def choose_providers(preferred: tuple[str, ...]) -> list[str]:
     if chosen[0] != PROVIDERS["cpu"]:
         _preload_cuda_libraries()
     return chosen
+
+
+@dataclass(frozen=True)
+class GpuSettings:
+    """What the GPU providers are told, from the model's config."""
+
+    cuda: CudaOptions = field(default_factory=CudaOptions)
+    tensorrt: TensorrtOptions = field(default_factory=TensorrtOptions)
+    max_batch_size: int | None = None
+    """The config's; None: the default when the graph batches."""
+    batch_sizes: tuple[int, ...] = ()
+    """The batch sizes the scheduler forms most (preferred sizes): TensorRT optimizes for the
+    largest."""
+
+    @classmethod
+    def of(cls, config: ModelConfig) -> GpuSettings:
+        batching = config.dynamic_batching
+        preferred = batching.preferred_batch_sizes if batching is not None else ()
+        return cls(config.cuda, config.tensorrt, config.max_batch_size, tuple(preferred))
+
+
+def cache_root(configured: str | None) -> Path:
+    if configured:
+        return Path(configured)
+    base = os.environ.get("SERVING_CACHE_DIR")
+    return (Path(base) if base else Path.home() / ".cache" / "serving") / "tensorrt"
+
+
+def provider_options(
+    chosen: list[str], settings: GpuSettings, source: ModelFile
+) -> list[tuple[str, dict[str, str]]]:
+    """``chosen`` with the options each is given: the CUDA provider's device, arena limit and
+    cuDNN search; TensorRT's precision, its engine and timing caches in a folder keyed by the
+    model's sha256, TensorRT's version, the GPU and the optimization profile, and explicit
+    profiles over the batch sizes (1, the largest preferred, the maximum) where the inputs'
+    other dims are fixed."""
+    result: list[tuple[str, dict[str, str]]] = []
+    cuda = settings.cuda
+    for provider in chosen:
+        options: dict[str, str] = {}
+        if provider in (PROVIDERS["cuda"], PROVIDERS["tensorrt"]):
+            options["device_id"] = str(cuda.device_id)
+        if provider == PROVIDERS["cuda"]:
+            options["cudnn_conv_algo_search"] = cuda.conv_algo_search.upper()
+            if cuda.memory_limit_mb is not None:
+                options["gpu_mem_limit"] = str(cuda.memory_limit_mb * 1024 * 1024)
+        elif provider == PROVIDERS["tensorrt"]:
+            profile = _profile(settings, source)
+            key = "-".join([source.sha256[:16], f"trt{_tensorrt_version()}",
+                            _gpu_name(cuda.device_id),
+                            hashlib.sha256(repr(profile).encode()).hexdigest()[:8]])  # fmt: skip
+            folder = cache_root(settings.tensorrt.cache_dir) / key
+            options.update({
+                "trt_fp16_enable": str(settings.tensorrt.fp16),
+                "trt_engine_cache_enable": "True",
+                "trt_engine_cache_path": str(folder),
+                "trt_timing_cache_enable": "True",
+                "trt_timing_cache_path": str(folder),
+                **profile,
+            })  # fmt: skip
+        result.append((provider, options))
+    return result
+
+
+def _profile(settings: GpuSettings, source: ModelFile) -> dict[str, str]:
+    import onnx
+
+    try:
+        graph = onnx.load_model_from_string(source.data).graph
+    except Exception:
+        return {}
+    initializers = {i.name for i in graph.initializer}
+    shapes: dict[str, list[int]] = {}
+    for tensor in graph.input:
+        if tensor.name in initializers:
+            continue
+        dims = [d.dim_value if d.HasField("dim_value") else -1
+                for d in tensor.type.tensor_type.shape.dim]  # fmt: skip
+        if not dims or dims[0] != -1 or -1 in dims[1:]:
+            return {}  # no batch dim, or other free dims: TensorRT builds from what it sees
+        shapes[tensor.name] = dims[1:]
+    largest = settings.max_batch_size or DEFAULT_MAX_BATCH_SIZE
+    optimal = max(settings.batch_sizes, default=largest)
+
+    def spec(batch: int) -> str:
+        return ",".join(f"{name}:{'x'.join(map(str, [batch, *dims]))}"
+                        for name, dims in shapes.items())  # fmt: skip
+
+    if not shapes:
+        return {}
+    return {
+        "trt_profile_min_shapes": spec(1),
+        "trt_profile_opt_shapes": spec(min(optimal, largest)),
+        "trt_profile_max_shapes": spec(largest),
+    }
+
+
+@functools.cache
+def _tensorrt_version() -> str:
+    try:
+        library = ctypes.CDLL(NEEDS["tensorrt"][0])
+        number = int(library.getInferLibVersion())
+    except (OSError, AttributeError):
+        return "unknown"
+    return f"{number // 10000}.{number // 100 % 100}.{number % 100}"
+
+
+@functools.cache
+def _gpu_name(device: int) -> str:
+    try:
+        cp = importlib.import_module("cupy")
+        name = cp.cuda.runtime.getDeviceProperties(device)["name"]
+        text = name.decode() if isinstance(name, bytes) else str(name)
+    except Exception:
+        return f"gpu{device}"
+    return "".join(c if c.isalnum() else "_" for c in text)
 
 
 EXTERNAL_DATA_FOLDER = "session.model_external_initializers_file_folder_path"
@@ -169,7 +288,12 @@ class ONNXRuntime:
     """One ONNX Runtime inference session."""
 
     def __init__(
-        self, model: ModelFile | Path, *, providers: tuple[str, ...], options: SessionOptions
+        self,
+        model: ModelFile | Path,
+        *,
+        providers: tuple[str, ...],
+        options: SessionOptions,
+        gpu: GpuSettings | None = None,
     ) -> None:
         source = model if isinstance(model, ModelFile) else ModelFile.read(model)
         path = source.path
@@ -186,7 +310,8 @@ class ONNXRuntime:
         so.add_session_config_entry("session.inter_op.allow_spinning", spin)
         wanted = choose_providers(providers)
         # The bytes that were read (and hashed), not the file again: it may have changed since.
-        self._session = ort.InferenceSession(source.data, sess_options=so, providers=wanted)
+        configured = provider_options(wanted, gpu or GpuSettings(), source)
+        self._session = ort.InferenceSession(source.data, sess_options=so, providers=configured)
         self._providers = list(self._session.get_providers())
         self.fallback = fallback_reason(providers, self._providers)
         """Why the session runs on other providers than the first asked for; None if it
@@ -248,4 +373,5 @@ def _as_text(name: str, array: np.ndarray) -> np.ndarray:
 def open_offline(path: Path | ModelFile, config: ModelConfig) -> ONNXRuntime:
     """A session with default options, for work outside a server (validating, profiling,
     scoring a version on its evaluation set)."""
-    return ONNXRuntime(path, providers=config.execution_providers, options=SessionOptions())
+    return ONNXRuntime(path, providers=config.execution_providers, options=SessionOptions(),
+                       gpu=GpuSettings.of(config))  # fmt: skip
