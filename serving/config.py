@@ -171,6 +171,10 @@ class ModelConfig(_Frozen):
     """Preferred ONNX Runtime providers in order; those not available are skipped."""
     cuda: CudaOptions = CudaOptions()
     tensorrt: TensorrtOptions = TensorrtOptions()
+    io_binding: bool | None = None
+    """Bind inputs and outputs to the session's device (ONNX Runtime's IO binding), so that a
+    batch crosses the bus once each way and inputs already on the GPU (preprocessed there) are
+    not copied at all. None: on when the session runs on CUDA."""
     model_filename: str = "model.onnx"
     """The file inside each version directory."""
 

@@ -130,3 +130,26 @@ def test_gpu_providers_get_their_options_from_the_config(
         "trt_profile_opt_shapes": "input:16x3x8x8",
         "trt_profile_max_shapes": "input:32x3x8x8",
     }
+
+
+def test_io_binding_gives_what_a_plain_run_gives(tmp_path: Path) -> None:
+    """The binding path, with CPU buffers here (on a GPU the same code binds device ones)."""
+    from serving.models.runtimes.base import ModelFile
+    from serving.models.runtimes.onnx import GpuSettings, ONNXRuntime, SessionOptions
+
+    path = tmp_path / "model.onnx"
+    onnx.save_model(cnn(), path)
+    source = ModelFile.read(path)
+    plain = ONNXRuntime(source, providers=("cpu",), options=SessionOptions())
+    bound = ONNXRuntime(source, providers=("cpu",), options=SessionOptions(),
+                        gpu=GpuSettings(io_binding=True))  # fmt: skip
+    assert bound.io_binding and not plain.io_binding  # off on CPU unless asked for
+    images = np.random.default_rng(3).standard_normal((8, 8, 3, 5)).astype(np.float32)
+    strided = images.transpose(3, 2, 0, 1)  # a view: not contiguous
+    for batch in (strided, strided[:1], np.ascontiguousarray(strided)):
+        (want,) = plain.infer({"input": batch}, ["logits"])
+        (got,) = bound.infer({"input": batch}, ["logits"])
+        assert got.shape == (len(batch), 10)
+        np.testing.assert_array_equal(got, want)
+    plain.close()
+    bound.close()

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from kernels._backend import GPU_EXTRA
+from kernels._backend import GPU_EXTRA, on_device
 from serving.config import DEFAULT_MAX_BATCH_SIZE, CudaOptions, ModelConfig, TensorrtOptions
 from serving.errors import InvalidInputError
 from serving.models.runtimes.base import GraphTensor, ModelFile
@@ -92,6 +92,7 @@ class GpuSettings:
 
     cuda: CudaOptions = field(default_factory=CudaOptions)
     tensorrt: TensorrtOptions = field(default_factory=TensorrtOptions)
+    io_binding: bool | None = None
     max_batch_size: int | None = None
     """The config's; None: the default when the graph batches."""
     batch_sizes: tuple[int, ...] = ()
@@ -102,7 +103,8 @@ class GpuSettings:
     def of(cls, config: ModelConfig) -> GpuSettings:
         batching = config.dynamic_batching
         preferred = batching.preferred_batch_sizes if batching is not None else ()
-        return cls(config.cuda, config.tensorrt, config.max_batch_size, tuple(preferred))
+        return cls(config.cuda, config.tensorrt, config.io_binding, config.max_batch_size,
+                   tuple(preferred))  # fmt: skip
 
 
 def cache_root(configured: str | None) -> Path:
@@ -327,6 +329,13 @@ class ONNXRuntime:
             for o in self._session.get_outputs()
         ]
         self._strings = {t.name for t in self._inputs if t.datatype == "BYTES"}
+        on_cuda = self._providers[0] in (PROVIDERS["cuda"], PROVIDERS["tensorrt"])
+        self.device = ("cuda", (gpu or GpuSettings()).cuda.device_id) if on_cuda else ("cpu", 0)
+        """Where the session's tensors live: (ONNX Runtime device type, device id)."""
+        wanted_binding = (gpu or GpuSettings()).io_binding
+        strings = self._strings or any(t.datatype == "BYTES" for t in self._outputs)
+        self.io_binding = (on_cuda if wanted_binding is None else wanted_binding) and not strings
+        """Whether executions bind their tensors (string tensors cannot be bound)."""
 
     @property
     def inputs(self) -> list[GraphTensor]:
@@ -340,13 +349,32 @@ class ONNXRuntime:
     def providers(self) -> list[str]:
         return self._providers
 
-    def infer(self, inputs: dict[str, np.ndarray], outputs: list[str]) -> list[np.ndarray]:
+    def infer(self, inputs: dict[str, Any], outputs: list[str]) -> list[np.ndarray]:
+        if self.io_binding:
+            return self._bound(inputs, outputs)
         feed = {
             name: _as_text(name, array) if name in self._strings else array
             for name, array in inputs.items()
         }
         result = self._session.run(outputs, feed)
         return [np.asarray(r) for r in result]
+
+    def _bound(self, inputs: dict[str, Any], outputs: list[str]) -> list[np.ndarray]:
+        """One execution over IO binding: host inputs copied to the device once, device inputs
+        (CuPy arrays, by DLPack's pointer) not at all, outputs allocated on the device by ONNX
+        Runtime and copied back once."""
+        device, index = self.device
+        binding = self._session.io_binding()
+        for name, array in inputs.items():
+            if on_device(array):
+                binding.bind_input(name, "cuda", array.device.id, array.dtype.type,
+                                   list(array.shape), array.data.ptr)  # fmt: skip
+            else:
+                binding.bind_cpu_input(name, np.ascontiguousarray(array))
+        for name in outputs:
+            binding.bind_output(name, device, index)
+        self._session.run_with_iobinding(binding)
+        return [np.asarray(r) for r in binding.copy_outputs_to_cpu()]
 
     def close(self) -> None:
         del self._session
