@@ -93,6 +93,10 @@ class CudaOptions(_Frozen):
     conv_algo_search: Literal["exhaustive", "heuristic", "default"] = "exhaustive"
     """cuDNN's convolution algorithm search: exhaustive benchmarks once per shape (at
     warm-up for the batch sizes it sees), heuristic picks without timing."""
+    graphs: bool = False
+    """Replay executions from CUDA graphs, one captured per padded batch size at load (a
+    model with fixed shapes but for the batch dim and no control flow; otherwise it runs
+    without, and its config says why)."""
 
 
 class TensorrtOptions(_Frozen):

@@ -206,6 +206,9 @@ class DataPlane:
         fallback = getattr(runtime, "fallback", None)
         if fallback:
             placed["execution_fallback"] = fallback
+        graphs = getattr(runtime, "cuda_graphs", None)
+        if graphs:
+            placed["cuda_graphs"] = graphs
         return placed
 
     def model_config(self, name: str, version: str | None) -> dict[str, Any]:
@@ -225,9 +228,8 @@ class DataPlane:
         parameters = {k: {"string_value": v} for k, v in config.labels.items()}
         parameters["sha256"] = {"string_value": target.sha256}
         parameters["execution_providers"] = {"string_value": ",".join(providers)}
-        fallback = getattr(target.runtime, "fallback", None)
-        if fallback:
-            parameters["execution_fallback"] = {"string_value": fallback}
+        for key, value in self._placement(target).items():
+            parameters[key] = {"string_value": value}
         document: dict[str, Any] = {
             "name": name,
             "platform": config.platform,

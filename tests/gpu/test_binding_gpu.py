@@ -47,3 +47,20 @@ def test_the_kernel_feeds_the_session_on_the_device(cp: Any, source: ModelFile) 
     (on_device,) = session.infer({"input": preprocess_images(cp.asarray(raw), steps)}, ["logits"])
     (on_host,) = session.infer({"input": preprocess_images(raw, steps)}, ["logits"])
     np.testing.assert_allclose(on_device, on_host, rtol=1e-4, atol=1e-4)
+
+
+def test_cuda_graph_replays_match_plain_runs(cp: Any, source: ModelFile) -> None:
+    plain = ONNXRuntime(source, providers=("cuda",), options=SessionOptions(),
+                        gpu=GpuSettings(io_binding=False))  # fmt: skip
+    graphed = ONNXRuntime(source, providers=("cuda",), options=SessionOptions(),
+                          gpu=GpuSettings(graphs=True, max_batch_size=16))  # fmt: skip
+    assert graphed.cuda_graphs is not None and graphed.cuda_graphs.startswith("on"), (
+        graphed.cuda_graphs
+    )
+    rng = np.random.default_rng()
+    for rows in (1, 3, 8, 13, 16):
+        images = rng.standard_normal((rows, 3, 8, 8)).astype(np.float32)
+        (want,) = plain.infer({"input": images}, ["logits"])
+        for fed in (images, cp.asarray(images)):
+            (got,) = graphed.infer({"input": fed}, ["logits"])
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import functools
 import hashlib
 import importlib
@@ -20,6 +21,8 @@ from kernels._backend import GPU_EXTRA, on_device
 from serving.config import DEFAULT_MAX_BATCH_SIZE, CudaOptions, ModelConfig, TensorrtOptions
 from serving.errors import InvalidInputError
 from serving.models.runtimes.base import GraphTensor, ModelFile
+from serving.models.runtimes.graphs import GraphRunner, batch_sizes
+from serving.models.runtimes.graphs import why_not as why_not_graphs
 from serving.protocol.datatypes import from_ort
 
 logger = logging.getLogger(__name__)
@@ -93,6 +96,8 @@ class GpuSettings:
     cuda: CudaOptions = field(default_factory=CudaOptions)
     tensorrt: TensorrtOptions = field(default_factory=TensorrtOptions)
     io_binding: bool | None = None
+    graphs: bool = False
+    """CUDA graphs asked for, and the model's graph qualifies (``graphs.why_not``)."""
     max_batch_size: int | None = None
     """The config's; None: the default when the graph batches."""
     batch_sizes: tuple[int, ...] = ()
@@ -103,8 +108,8 @@ class GpuSettings:
     def of(cls, config: ModelConfig) -> GpuSettings:
         batching = config.dynamic_batching
         preferred = batching.preferred_batch_sizes if batching is not None else ()
-        return cls(config.cuda, config.tensorrt, config.io_binding, config.max_batch_size,
-                   tuple(preferred))  # fmt: skip
+        return cls(config.cuda, config.tensorrt, config.io_binding, config.cuda.graphs,
+                   config.max_batch_size, tuple(preferred))  # fmt: skip
 
 
 def cache_root(configured: str | None) -> Path:
@@ -130,6 +135,8 @@ def provider_options(
             options["device_id"] = str(cuda.device_id)
         if provider == PROVIDERS["cuda"]:
             options["cudnn_conv_algo_search"] = cuda.conv_algo_search.upper()
+            if settings.graphs:
+                options["enable_cuda_graph"] = "1"
             if cuda.memory_limit_mb is not None:
                 options["gpu_mem_limit"] = str(cuda.memory_limit_mb * 1024 * 1024)
         elif provider == PROVIDERS["tensorrt"]:
@@ -281,6 +288,19 @@ def fallback_reason(preferred: tuple[str, ...], running: list[str]) -> str | Non
     return "; ".join(missed) + f": serving on {where}"
 
 
+def _graphs_veto(source: ModelFile) -> str | None:
+    """Why the model's graph cannot be captured (control flow), judged before the session
+    exists, or None."""
+    import onnx
+
+    try:
+        proto = onnx.load_model_from_string(source.data)
+    except Exception:
+        return None  # ONNX Runtime will say what is wrong with the file
+    reason = why_not_graphs(proto, [])
+    return None if reason is None else f"off: {reason}"
+
+
 def _shape(raw: object) -> tuple[int, ...]:
     dims = raw if isinstance(raw, list) else []
     return tuple(d if isinstance(d, int) and d > 0 else -1 for d in dims)
@@ -310,9 +330,16 @@ class ONNXRuntime:
         spin = "1" if options.allow_spinning else "0"
         so.add_session_config_entry("session.intra_op.allow_spinning", spin)
         so.add_session_config_entry("session.inter_op.allow_spinning", spin)
+        settings = gpu or GpuSettings()
         wanted = choose_providers(providers)
+        self.cuda_graphs: str | None = None
+        """With CUDA graphs asked for: "on", or why not."""
+        if settings.graphs:
+            self.cuda_graphs = _graphs_veto(source)
+            if self.cuda_graphs is not None:  # never ask the provider for what cannot work
+                settings = dataclasses.replace(settings, graphs=False)
         # The bytes that were read (and hashed), not the file again: it may have changed since.
-        configured = provider_options(wanted, gpu or GpuSettings(), source)
+        configured = provider_options(wanted, settings, source)
         self._session = ort.InferenceSession(source.data, sess_options=so, providers=configured)
         self._providers = list(self._session.get_providers())
         self.fallback = fallback_reason(providers, self._providers)
@@ -336,6 +363,23 @@ class ONNXRuntime:
         strings = self._strings or any(t.datatype == "BYTES" for t in self._outputs)
         self.io_binding = (on_cuda if wanted_binding is None else wanted_binding) and not strings
         """Whether executions bind their tensors (string tensors cannot be bound)."""
+        self._graphs: GraphRunner | None = None
+        if settings.graphs:
+            self.cuda_graphs = self._start_graphs(settings, on_cuda)
+
+    def _start_graphs(self, settings: GpuSettings, on_cuda: bool) -> str:
+        reason = why_not_graphs(None, self._inputs + self._outputs)
+        if reason is None and not on_cuda:
+            reason = f"the session runs on {self._providers[0].removesuffix('ExecutionProvider')}"
+        if reason is not None:
+            off = f"off: {reason}"
+            logger.warning("CUDA graphs %s", off)
+            return off
+        largest = settings.max_batch_size or DEFAULT_MAX_BATCH_SIZE
+        self._graphs = GraphRunner(self._session, self._inputs, self._outputs, self.device,
+                                   batch_sizes(largest, settings.batch_sizes))  # fmt: skip
+        self._graphs.capture_all()
+        return f"on: captured for batch sizes {', '.join(map(str, self._graphs.sizes))}"
 
     @property
     def inputs(self) -> list[GraphTensor]:
@@ -350,6 +394,8 @@ class ONNXRuntime:
         return self._providers
 
     def infer(self, inputs: dict[str, Any], outputs: list[str]) -> list[np.ndarray]:
+        if self._graphs is not None:
+            return self._graphs.run(inputs, outputs)
         if self.io_binding:
             return self._bound(inputs, outputs)
         feed = {

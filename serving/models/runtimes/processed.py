@@ -129,6 +129,10 @@ class Processed:
     def fallback(self) -> str | None:
         return getattr(self._inner, "fallback", None)
 
+    @property
+    def cuda_graphs(self) -> str | None:
+        return getattr(self._inner, "cuda_graphs", None)
+
     def infer(self, inputs: dict[str, np.ndarray], outputs: list[str]) -> list[np.ndarray]:
         feed = inputs
         if self._image is not None and self._steps is not None:
