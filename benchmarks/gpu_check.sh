@@ -6,6 +6,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python=${PYTHON:-python3}
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
-timeout 300 "$python" -m pytest -q -p no:cacheprovider tests/gpu -rs
-timeout 180 "$python" -m benchmarks.gpu_kernels
-timeout 180 "$python" -m benchmarks.gpu_runtime
+timeout 180 "$python" -m pytest -q -p no:cacheprovider tests/gpu -rs
+timeout 120 "$python" -m benchmarks.gpu_kernels
+timeout 150 "$python" -m benchmarks.gpu_runtime
