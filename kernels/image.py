@@ -121,13 +121,14 @@ extern "C" __global__ void preprocess(
     const unsigned char* image = images + n * height * width * channels;
     float value;
     if (resize) {
-        float sy = (y + top + 0.5f) * ((float)height / resized_h) - 0.5f;
-        float sx = (x + left + 0.5f) * ((float)width / resized_w) - 0.5f;
-        sy = fminf(fmaxf(sy, 0.0f), height - 1.0f);
-        sx = fminf(fmaxf(sx, 0.0f), width - 1.0f);
+        // Source positions in double, as the NumPy reference computes them; weights in float.
+        double sy = (y + top + 0.5) * ((double)height / resized_h) - 0.5;
+        double sx = (x + left + 0.5) * ((double)width / resized_w) - 0.5;
+        sy = fmin(fmax(sy, 0.0), height - 1.0);
+        sx = fmin(fmax(sx, 0.0), width - 1.0);
         int y0 = (int)sy, x0 = (int)sx;
         int y1 = min(y0 + 1, height - 1), x1 = min(x0 + 1, width - 1);
-        float fy = sy - y0, fx = sx - x0;
+        float fy = (float)(sy - y0), fx = (float)(sx - x0);
         float p00 = image[((long long)y0 * width + x0) * channels + c];
         float p01 = image[((long long)y0 * width + x1) * channels + c];
         float p10 = image[((long long)y1 * width + x0) * channels + c];

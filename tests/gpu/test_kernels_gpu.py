@@ -60,6 +60,6 @@ def test_dlpack_hands_a_device_buffer_to_onnxruntime_without_a_copy(cp: Any) -> 
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         pytest.skip("this onnxruntime has no CUDA provider (install onnxruntime-gpu)")
     array = cp.arange(12, dtype=cp.float32).reshape(3, 4)
-    value = ort.OrtValue.from_dlpack(array.toDlpack(), False)
+    value = ort.OrtValue.from_dlpack(array.__dlpack__())
     assert value.device_name().lower() == "cuda"
     assert value.data_ptr() == array.data.ptr  # the same device memory, not a copy
