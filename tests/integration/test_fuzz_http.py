@@ -76,7 +76,8 @@ def test_calls_generated_from_the_v2_spec_get_no_server_error(server: Server) ->
             f"{case.method} {case.formatted_path}: {response.status_code} {response.text[:300]}"
         )
         if response.status_code == 503:  # only the model that failed to load is unavailable
-            assert "is not ready" in response.text, response.text
+            not_ready = '"ready":false' in response.text or "is not ready" in response.text
+            assert not_ready and "corrupt" in response.text, response.text
 
     call()
     assert statuses[200] > 0 and statuses[400] > 0 and statuses[404] > 0, statuses
