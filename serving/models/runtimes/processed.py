@@ -40,6 +40,14 @@ def with_processing(runtime: Runtime, config: ModelConfig) -> Runtime:
     return Processed(runtime, pre, post)
 
 
+def _named(tensors: list[GraphTensor], name: str, what: str) -> GraphTensor:
+    for tensor in tensors:
+        if tensor.name == name:
+            return tensor
+    names = ", ".join(t.name for t in tensors)
+    raise ProcessingError(f"{what} '{name}' is not in the graph ({names})")
+
+
 class Processed:
     def __init__(
         self, inner: Runtime, image: ImagePreprocess | None, topk: SoftmaxTopK | None
@@ -61,11 +69,7 @@ class Processed:
             self._prepare_topk(topk)
 
     def _prepare_image(self, image: ImagePreprocess) -> None:
-        graph = {t.name: t for t in self._inputs}
-        tensor = graph.get(image.input)
-        if tensor is None:
-            raise ProcessingError(f"preprocess input '{image.input}' is not in the graph "
-                                  f"({', '.join(graph)})")  # fmt: skip
+        tensor = _named(self._inputs, image.input, "preprocess input")
         if tensor.datatype not in ("FP32", "FP16") or len(tensor.shape) != 4:
             raise ProcessingError(
                 f"preprocess input '{image.input}' must be (N, C, h, w) FP32 or FP16, the graph "
@@ -94,11 +98,7 @@ class Processed:
         self.sample_sizes = {tensor.name: (*smallest, channels)}
 
     def _prepare_topk(self, topk: SoftmaxTopK) -> None:
-        graph = {t.name: t for t in self._outputs}
-        tensor = graph.get(topk.output)
-        if tensor is None:
-            raise ProcessingError(f"postprocess output '{topk.output}' is not in the graph "
-                                  f"({', '.join(graph)})")  # fmt: skip
+        tensor = _named(self._outputs, topk.output, "postprocess output")
         if tensor.datatype not in ("FP32", "FP16", "FP64") or len(tensor.shape) != 2:
             raise ProcessingError(
                 f"postprocess output '{topk.output}' must be (N, classes) floats, the graph "
