@@ -247,15 +247,15 @@ class Registry:
         return fresh
 
     def _same_session(self, a: ModelConfig, b: ModelConfig) -> bool:
-        """Whether a session opened for ``a`` serves ``b`` unchanged: the same file, providers,
-        threads and processing steps."""
-        return (
-            a.model_filename, a.execution_providers, self._instances(a), a.preprocess,
-            a.postprocess,
-        ) == (
-            b.model_filename, b.execution_providers, self._instances(b), b.preprocess,
-            b.postprocess,
-        )  # fmt: skip
+        """Whether a session opened for ``a`` serves ``b`` unchanged: the same file, providers
+        and their options, threads and processing steps."""
+
+        def session(config: ModelConfig) -> tuple[object, ...]:
+            return (config.model_filename, config.execution_providers, config.cuda,
+                    config.tensorrt, config.io_binding, self._instances(config),
+                    config.preprocess, config.postprocess)  # fmt: skip
+
+        return session(a) == session(b)
 
     def _retire(self, versions: Iterable[ModelVersion]) -> None:
         for version in versions:

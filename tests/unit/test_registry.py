@@ -133,6 +133,24 @@ def test_a_batching_change_keeps_the_session_and_swaps_the_scheduler(tmp_path: P
     scenario(test, tmp_path)
 
 
+@pytest.mark.parametrize(
+    "changed",
+    ['{"cuda": {"memory_limit_mb": 512}}', '{"tensorrt": {"fp16": true}}', '{"io_binding": true}'],
+)
+def test_a_provider_option_change_opens_a_new_session(tmp_path: Path, changed: str) -> None:
+    """What the session was opened with changed: reusing it would serve the old options."""
+
+    async def test(registry: Registry, files: FakeFiles, repo: Path) -> None:
+        write_model(repo, "m", 1)
+        await registry.apply(state(1, spec(repo, "m", [1])))
+        old = registry.resolve("m", None)
+        await registry.apply(state(2, spec(repo, "m", [1], changed)))
+        assert registry.resolve("m", None).runtime is not old.runtime
+        assert len(files.opened) == 2
+
+    scenario(test, tmp_path)
+
+
 def test_a_failed_reload_keeps_the_previous_copy_and_is_recorded(tmp_path: Path) -> None:
     async def test(registry: Registry, files: FakeFiles, repo: Path) -> None:
         write_model(repo, "m", 1, b"good")
