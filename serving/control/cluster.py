@@ -318,6 +318,7 @@ def connect(
 def sized(config: ServerConfig) -> tuple[ServerConfig, Sizing]:
     """``config`` sized to the connected cluster's nodes, with this server start's id."""
     scaling = config.autoscaling
+    gpus_given = config.replica_gpus is not None
     replica_gpus, by_gpus = gpu_share(config, _cluster_gpus(config))
     if by_gpus is not None and scaling is None:  # one replica per GPU: CPUs shared among them
         config = config.model_copy(update={"replicas": by_gpus})
@@ -338,7 +339,7 @@ def sized(config: ServerConfig) -> tuple[ServerConfig, Sizing]:
             "run": config.run or uuid.uuid4().hex[:12],
         }
     )
-    chosen = sizing.sized or by_gpus is not None or config.replica_gpus is None
+    chosen = sizing.sized or by_gpus is not None or not gpus_given
     return config, dataclasses.replace(sizing, replica_gpus=replica_gpus, sized=chosen)
 
 
