@@ -17,6 +17,7 @@ from pydantic import (
     model_validator,
 )
 
+from kernels import ImageSteps
 from serving.observe.drift import DriftSettings
 from serving.protocol.datatypes import DATATYPES
 from serving.protocol.limits import DEFAULT_LIMITS, InputLimits
@@ -126,8 +127,7 @@ class ImagePreprocess(_Frozen):
 
     @model_validator(mode="after")
     def _one_per_channel(self) -> ImagePreprocess:
-        if len(self.mean) != len(self.std) or any(s == 0 for s in self.std):
-            raise ValueError("mean and std need one value per channel each, std none of 0")
+        ImageSteps(mean=self.mean, std=self.std)  # the kernel's own checks, at parse time
         return self
 
 

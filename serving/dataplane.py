@@ -187,15 +187,16 @@ class DataPlane:
         entry = self.registry.entry(name)
         signature = target.signature
         labels = target.config.labels
+        placement = self._placement(target)
         return {
             "name": name,
             "versions": [str(v) for v in sorted(entry.versions)] if not version else [target.label],
             "platform": target.config.platform,
             "inputs": [_v2_tensor(t, signature) for t in signature.inputs],
             "outputs": [_v2_tensor(t, signature) for t in signature.outputs],
-            "parameters": {**self._placement(target), **labels, "sha256": target.sha256}
+            "parameters": {**placement, **labels, "sha256": target.sha256}
             if version
-            else {**self._placement(target), **labels},
+            else {**placement, **labels},
         }
 
     @staticmethod
@@ -227,7 +228,6 @@ class DataPlane:
         kind = "KIND_CPU" if providers and providers[0] == "CPUExecutionProvider" else "KIND_GPU"
         parameters = {k: {"string_value": v} for k, v in config.labels.items()}
         parameters["sha256"] = {"string_value": target.sha256}
-        parameters["execution_providers"] = {"string_value": ",".join(providers)}
         for key, value in self._placement(target).items():
             parameters[key] = {"string_value": value}
         document: dict[str, Any] = {

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+import orjson
 
 from serving.errors import InvalidInputError, LimitExceededError
 from serving.protocol.datatypes import NUMPY_DTYPES
@@ -103,11 +105,20 @@ def out_of_range(name: str, datatype: str, values: Iterable[int]) -> InvalidInpu
     info = np.iinfo(NUMPY_DTYPES[datatype])
     for index, value in enumerate(values):
         if not info.min <= value <= info.max:
-            shown = (
-                value if value.bit_length() <= 64 else f"an integer of {value.bit_length()} bits"
-            )
             return InvalidInputError(
-                f"input '{name}': element {index} ({shown}) is out of range for {datatype} "
-                f"[{info.min}, {info.max}]"
+                f"input '{name}': element {index} ({shown(value)}) is out of range for "
+                f"{datatype} [{info.min}, {info.max}]"
             )
     return InvalidInputError(f"input '{name}': a value is out of range for {datatype}")
+
+
+def shown(value: Any) -> str:
+    """A value from a request as a message quotes it: short, and an integer too long to print
+    by its size."""
+    if isinstance(value, int) and value.bit_length() > 64:
+        return f"an integer of {value.bit_length()} bits"
+    try:
+        text = repr(value) if isinstance(value, float) else orjson.dumps(value).decode()
+    except TypeError:
+        text = "…"
+    return text if len(text) <= 40 else text[:40] + "…"

@@ -15,6 +15,7 @@ from serving.errors import InvalidInputError
 from serving.protocol import raw
 from serving.protocol.datatypes import NUMPY_DTYPES, numpy_dtype
 from serving.protocol.limits import DEFAULT_LIMITS, InputLimits, out_of_range
+from serving.protocol.limits import shown as _shown
 from serving.types import InferenceRequest, InferenceResponse, RequestedOutput, Tensor
 
 HEADER_LENGTH = "inference-header-content-length"
@@ -271,16 +272,6 @@ def _kind(value: Any) -> str:
     if isinstance(value, list):
         return "a list"
     return "an object"
-
-
-def _shown(value: Any) -> str:
-    if isinstance(value, int) and value.bit_length() > 64:
-        return f"an integer of {value.bit_length()} bits"
-    try:
-        text = repr(value) if isinstance(value, float) else orjson.dumps(value).decode()
-    except TypeError:
-        text = "…"
-    return text if len(text) <= 40 else text[:40] + "…"
 
 
 def encode_response(

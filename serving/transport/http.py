@@ -39,7 +39,6 @@ JSON = "application/json"
 SERVED_BY = "Served-By"
 ADMIN_BODY_BYTES = 1024 * 1024
 """Model control and index bodies are small (a config override at most)."""
-
 T = TypeVar("T")
 Endpoint = Callable[[Request], Awaitable[Response]]
 

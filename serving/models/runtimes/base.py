@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -27,6 +28,17 @@ class ModelFile:
     @property
     def sha256(self) -> str:
         return hashlib.sha256(self.data).hexdigest()
+
+    @functools.cached_property
+    def proto(self) -> Any:
+        """The ONNX model the bytes hold (external data not loaded), parsed once for every
+        check that reads the graph; None when they are no ONNX model (ONNX Runtime says why)."""
+        import onnx
+
+        try:
+            return onnx.load_model_from_string(self.data)
+        except Exception:
+            return None
 
 
 @dataclass(frozen=True)

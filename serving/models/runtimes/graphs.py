@@ -36,12 +36,18 @@ def batch_sizes(max_batch_size: int, preferred: tuple[int, ...] = ()) -> tuple[i
     return tuple(sorted(sizes))
 
 
-def why_not(proto: Any, tensors: list[GraphTensor]) -> str | None:
-    """Why a model cannot run from CUDA graphs, judged from its graph (``proto``, when given)
-    and its session's tensors, or None."""
-    found = sorted({n.op_type for n in _nodes(proto)} & CONTROL_FLOW) if proto else []
+def control_flow(proto: Any) -> str | None:
+    """Why the model's graph cannot be captured (its control flow), or None: judged before a
+    session exists."""
+    found = sorted({n.op_type for n in _nodes(proto)} & CONTROL_FLOW)
     if found:
         return f"it has control flow ({', '.join(found)}), which a CUDA graph cannot capture"
+    return None
+
+
+def unfit_tensor(tensors: list[GraphTensor]) -> str | None:
+    """Why a session's tensors cannot be captured (a string, a free dim besides the batch),
+    or None."""
     for tensor in tensors:
         if tensor.datatype == "BYTES":
             return f"'{tensor.name}' is a string tensor, which lives on the host"

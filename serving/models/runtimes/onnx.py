@@ -21,8 +21,7 @@ from kernels._backend import GPU_EXTRA, on_device
 from serving.config import DEFAULT_MAX_BATCH_SIZE, CudaOptions, ModelConfig, TensorrtOptions
 from serving.errors import InvalidInputError
 from serving.models.runtimes.base import GraphTensor, ModelFile
-from serving.models.runtimes.graphs import GraphRunner, batch_sizes
-from serving.models.runtimes.graphs import why_not as why_not_graphs
+from serving.models.runtimes.graphs import GraphRunner, batch_sizes, control_flow, unfit_tensor
 from serving.protocol.datatypes import from_ort
 
 logger = logging.getLogger(__name__)
@@ -97,7 +96,7 @@ class GpuSettings:
     tensorrt: TensorrtOptions = field(default_factory=TensorrtOptions)
     io_binding: bool | None = None
     graphs: bool = False
-    """CUDA graphs asked for, and the model's graph qualifies (``graphs.why_not``)."""
+    """CUDA graphs asked for (a graph with control flow turns them off: ``graphs.control_flow``)."""
     max_batch_size: int | None = None
     """The config's; None: the default when the graph batches."""
     batch_sizes: tuple[int, ...] = ()
@@ -158,12 +157,9 @@ def provider_options(
 
 
 def _profile(settings: GpuSettings, source: ModelFile) -> dict[str, str]:
-    import onnx
-
-    try:
-        graph = onnx.load_model_from_string(source.data).graph
-    except Exception:
+    if source.proto is None:
         return {}
+    graph = source.proto.graph
     initializers = {i.name for i in graph.initializer}
     shapes: dict[str, list[int]] = {}
     for tensor in graph.input:
@@ -221,16 +217,15 @@ def uses_external_data(source: ModelFile) -> bool:
     whatever the installed ONNX Runtime would check itself."""
     if b"location" not in source.data:  # every external tensor names its location
         return False
-    import onnx
-
-    try:
-        proto = onnx.load_model_from_string(source.data)
-    except Exception:  # let ONNX Runtime say what is wrong with the file
+    proto = source.proto
+    if proto is None:  # let ONNX Runtime say what is wrong with the file
         return False
+    from onnx import TensorProto
+
     root = source.root.resolve()
     found = False
     for tensor in _tensors(proto):
-        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+        if tensor.data_location != TensorProto.EXTERNAL:
             continue
         found = True
         fields = {entry.key: entry.value for entry in tensor.external_data}
@@ -288,19 +283,6 @@ def fallback_reason(preferred: tuple[str, ...], running: list[str]) -> str | Non
     return "; ".join(missed) + f": serving on {where}"
 
 
-def _graphs_veto(source: ModelFile) -> str | None:
-    """Why the model's graph cannot be captured (control flow), judged before the session
-    exists, or None."""
-    import onnx
-
-    try:
-        proto = onnx.load_model_from_string(source.data)
-    except Exception:
-        return None  # ONNX Runtime will say what is wrong with the file
-    reason = why_not_graphs(proto, [])
-    return None if reason is None else f"off: {reason}"
-
-
 def _shape(raw: object) -> tuple[int, ...]:
     dims = raw if isinstance(raw, list) else []
     return tuple(d if isinstance(d, int) and d > 0 else -1 for d in dims)
@@ -334,9 +316,10 @@ class ONNXRuntime:
         wanted = choose_providers(providers)
         self.cuda_graphs: str | None = None
         """With CUDA graphs asked for: "on", or why not."""
-        if settings.graphs:
-            self.cuda_graphs = _graphs_veto(source)
-            if self.cuda_graphs is not None:  # never ask the provider for what cannot work
+        if settings.graphs and source.proto is not None:
+            reason = control_flow(source.proto)
+            if reason is not None:  # never ask the provider for what cannot work
+                self.cuda_graphs = f"off: {reason}"
                 settings = dataclasses.replace(settings, graphs=False)
         # The bytes that were read (and hashed), not the file again: it may have changed since.
         configured = provider_options(wanted, settings, source)
@@ -357,9 +340,9 @@ class ONNXRuntime:
         ]
         self._strings = {t.name for t in self._inputs if t.datatype == "BYTES"}
         on_cuda = self._providers[0] in (PROVIDERS["cuda"], PROVIDERS["tensorrt"])
-        self.device = ("cuda", (gpu or GpuSettings()).cuda.device_id) if on_cuda else ("cpu", 0)
+        self.device = ("cuda", settings.cuda.device_id) if on_cuda else ("cpu", 0)
         """Where the session's tensors live: (ONNX Runtime device type, device id)."""
-        wanted_binding = (gpu or GpuSettings()).io_binding
+        wanted_binding = settings.io_binding
         strings = self._strings or any(t.datatype == "BYTES" for t in self._outputs)
         self.io_binding = (on_cuda if wanted_binding is None else wanted_binding) and not strings
         """Whether executions bind their tensors (string tensors cannot be bound)."""
@@ -368,7 +351,7 @@ class ONNXRuntime:
             self.cuda_graphs = self._start_graphs(settings, on_cuda)
 
     def _start_graphs(self, settings: GpuSettings, on_cuda: bool) -> str:
-        reason = why_not_graphs(None, self._inputs + self._outputs)
+        reason = unfit_tensor(self._inputs + self._outputs)
         if reason is None and not on_cuda:
             reason = f"the session runs on {self._providers[0].removesuffix('ExecutionProvider')}"
         if reason is not None:

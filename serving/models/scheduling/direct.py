@@ -8,8 +8,9 @@ import asyncio
 from serving.clock import Clock
 from serving.errors import DeadlineExceededError, OverloadedError
 from serving.models.scheduling.base import Execute, Inputs, OnExecution, Outcome, hold_until_done
+from serving.models.scheduling.batcher import BatcherOptions
 
-DEFAULT_MAX_QUEUED = 1024
+DEFAULT_MAX_QUEUED = BatcherOptions.max_queue_size
 """Requests that may wait for a slot (the batcher's default queue size) before new ones get
 503 / UNAVAILABLE."""
 
