@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-GPU_EXTRA = "install the gpu extra (pip install 'serving[gpu]') for CuPy and CUDA"
+GPU_EXTRA = "install the gpu extra for CuPy and CUDA: pip install 'serving[gpu]'"
 
 
 def on_device(array: Any) -> bool:

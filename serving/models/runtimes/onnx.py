@@ -267,12 +267,14 @@ def fallback_reason(preferred: tuple[str, ...], running: list[str]) -> str | Non
     asked for before the one it got, and why it is not there."""
     available = set(ort.get_available_providers())
     missed = []
+    unbuilt = False
     for name in preferred:
         provider = PROVIDERS[name]
         if running and provider == running[0]:
             break
         if provider not in available:
-            missed.append(f"{name} is not in this onnxruntime build ({GPU_EXTRA})")
+            unbuilt = True
+            missed.append(f"{name} is not in this onnxruntime build")
         elif (library := missing_library(name)) is not None:
             missed.append(f"{name} needs {library}, which this machine does not have")
         else:
@@ -280,7 +282,8 @@ def fallback_reason(preferred: tuple[str, ...], running: list[str]) -> str | Non
     if not missed:
         return None
     where = running[0].removesuffix("ExecutionProvider") if running else "nothing"
-    return "; ".join(missed) + f": serving on {where}"
+    hint = f" ({GPU_EXTRA})" if unbuilt else ""  # once, however many providers it concerns
+    return "; ".join(missed) + f": serving on {where}{hint}"
 
 
 def _shape(raw: object) -> tuple[int, ...]:
